@@ -1,0 +1,173 @@
+"""The two custom layers of the paper's network: LRN (§3.3) and the two-column convolution (§3.2).
+
+Both are written with `keras.ops` only, so they run on every Keras backend, serialize without
+Lambda layers, and put no XLA-only function into a SavedModel (see ../shared/PLATFORM.md).
+"""
+
+import keras
+from keras import ops
+
+PACKAGE = "keras_alexnet"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class LocalResponseNormalization(keras.layers.Layer):
+    """Local response normalization across channels, with the paper's constants (§3.3).
+
+        b[c] = a[c] / (k + alpha * sum_{c' in window(c)} a[c']^2) ** beta
+
+    The window holds `size` adjacent channels centred on c, clipped at the edges. `alpha` is
+    *not* divided by `size` (the paper's meaning, and `tf.nn.local_response_normalization`'s with
+    depth_radius=(size-1)//2, bias=k). Caffe and PyTorch divide alpha by the window size; build
+    from their constants with `from_caffe(...)` and `from_torch(...)`, which convert them.
+
+    The sum and power are computed in float32 whatever the layer's dtype policy, then cast back,
+    so the layer is exact under `mixed_float16` and `mixed_bfloat16` and differentiable under XLA.
+
+    Args:
+        size: number of adjacent channels in the window (odd). Paper: 5.
+        k: additive constant. Paper: 2.
+        alpha: scale of the sum of squares, not divided by `size`. Paper: 1e-4.
+        beta: exponent. Paper: 0.75.
+    """
+
+    def __init__(self, size=5, k=2.0, alpha=1e-4, beta=0.75, **kwargs):
+        super().__init__(**kwargs)
+        if int(size) != size or size < 1 or size % 2 == 0:
+            raise ValueError(f"LocalResponseNormalization size must be a positive odd integer, got {size}.")
+        self.size = int(size)
+        self.k = float(k)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+
+    @classmethod
+    def from_caffe(cls, local_size=5, alpha=1e-4, beta=0.75, k=1.0, **kwargs):
+        """Caffe's `LRN` (ACROSS_CHANNELS) parameters: Caffe divides alpha by local_size."""
+        return cls(size=local_size, k=k, alpha=alpha / local_size, beta=beta, **kwargs)
+
+    @classmethod
+    def from_torch(cls, size=5, alpha=1e-4, beta=0.75, k=1.0, **kwargs):
+        """`torch.nn.LocalResponseNorm(size, alpha, beta, k)`: PyTorch divides alpha by size."""
+        return cls(size=size, k=k, alpha=alpha / size, beta=beta, **kwargs)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        squares = ops.square(x)
+        radius = self.size // 2
+        channels = x.shape[-1]
+        padded = ops.pad(squares, [[0, 0]] * (len(x.shape) - 1) + [[radius, radius]])
+        window_sum = padded[..., 0:channels]
+        for offset in range(1, self.size):
+            window_sum = window_sum + padded[..., offset : offset + channels]
+        scale = ops.power(self.k + self.alpha * window_sum, -self.beta)
+        return ops.cast(x * scale, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"size": self.size, "k": self.k, "alpha": self.alpha, "beta": self.beta})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class TwoColumnConv2D(keras.layers.Layer):
+    """A convolution split into `groups` columns, as the paper splits the net over two GPUs (§3.2).
+
+    Column g sees only input channels [g*C/groups, (g+1)*C/groups) and produces output channels
+    [g*F/groups, (g+1)*F/groups). The layer holds **one** kernel of shape
+    (k, k, C/groups, F), the layout of Keras `Conv2D(groups=...)` and of Caffe's `group: 2`
+    blobs (after transposing to HWIO), so weights from either load unchanged.
+
+    It is computed literally: split the input, one ordinary convolution per column, concatenate.
+    Unlike Keras `Conv2D(groups=2)`, which on the TensorFlow backend wraps the op in
+    `tf.function(jit_compile=True)`, this needs no XLA on CPU and exports to a SavedModel that
+    TF Serving runs without XLA. `groups=1` is an ordinary convolution.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        groups=2,
+        activation=None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if filters % groups:
+            raise ValueError(f"{self.name}: filters={filters} is not divisible by groups={groups}.")
+        self.filters = filters
+        self.kernel_size = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+        self.strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+        self.padding = padding
+        self.groups = groups
+        self.activation = keras.activations.get(activation)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels % self.groups:
+            raise ValueError(f"{self.name}: {channels} input channels are not divisible by groups={self.groups}.")
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=self.kernel_size + (channels // self.groups, self.filters),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+        )
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
+
+    def call(self, inputs):
+        kernel = ops.cast(self.kernel, self.compute_dtype)
+        if self.groups == 1:
+            columns = [self._conv(inputs, kernel)]
+        else:
+            column_inputs = ops.split(inputs, self.groups, axis=-1)
+            column_kernels = ops.split(kernel, self.groups, axis=-1)
+            columns = [self._conv(x, w) for x, w in zip(column_inputs, column_kernels)]
+        outputs = columns[0] if len(columns) == 1 else ops.concatenate(columns, axis=-1)
+        outputs = outputs + ops.cast(self.bias, self.compute_dtype)
+        return self.activation(outputs)
+
+    def _conv(self, inputs, kernel):
+        return ops.conv(inputs, kernel, strides=self.strides, padding=self.padding, data_format="channels_last")
+
+    def compute_output_shape(self, input_shape):
+        rows, cols = input_shape[1], input_shape[2]
+
+        def out(size, k, s):
+            if size is None:
+                return None
+            return -(-size // s) if self.padding == "same" else (size - k) // s + 1
+
+        return (
+            input_shape[0],
+            out(rows, self.kernel_size[0], self.strides[0]),
+            out(cols, self.kernel_size[1], self.strides[1]),
+            self.filters,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "groups": self.groups,
+                "activation": keras.activations.serialize(self.activation),
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            }
+        )
+        return config

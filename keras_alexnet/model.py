@@ -1,0 +1,178 @@
+"""AlexNet as a Keras functional model (Krizhevsky, Sutskever, Hinton, NIPS 2012, §3, Fig. 2)."""
+
+import keras
+
+from keras_alexnet.layers import LocalResponseNormalization, TwoColumnConv2D
+
+VARIANTS = ("paper", "one_column")
+INITS = ("caffe", "paper")
+
+# Per-layer (kernel std, bias) of each initialization scheme.
+# paper (§5): weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
+# caffe (bvlc_alexnet train_val.prototxt): the same but bias 0.1 instead of 1 and std 0.005 in
+# fc6/fc7. The paper's bias 1 can leave the loss flat at ln(classes) for many epochs
+# (../shared/PAPER.md); Caffe's learns at once, so it is the default.
+_INIT_TABLE = {
+    "paper": {
+        "conv1": (0.01, 0.0), "conv2": (0.01, 1.0), "conv3": (0.01, 0.0), "conv4": (0.01, 1.0),
+        "conv5": (0.01, 1.0), "fc6": (0.01, 1.0), "fc7": (0.01, 1.0), "fc8": (0.01, 0.0),
+    },
+    "caffe": {
+        "conv1": (0.01, 0.0), "conv2": (0.01, 0.1), "conv3": (0.01, 0.0), "conv4": (0.01, 0.1),
+        "conv5": (0.01, 0.1), "fc6": (0.005, 0.1), "fc7": (0.005, 0.1), "fc8": (0.01, 0.0),
+    },
+}
+
+# (filters, kernel, stride, padding) of conv1..conv5 and whether a pool follows.
+_PAPER_CONVS = [(96, 11, 4, 0), (256, 5, 1, 2), (384, 3, 1, 1), (384, 3, 1, 1), (256, 3, 1, 1)]
+_ONE_COLUMN_CONVS = [(64, 11, 4, 2), (192, 5, 1, 2), (384, 3, 1, 1), (256, 3, 1, 1), (256, 3, 1, 1)]
+_POOL_AFTER = {1, 2, 5}
+# The paper's two-column layers (§3.2, Fig. 2): conv3 and the dense layers see both columns.
+_TWO_COLUMN_LAYERS = {2, 4, 5}
+
+
+def min_input_size(variant="paper"):
+    """Smallest square input whose pool5 is at least 1x1 (67 for "paper", 63 for "one_column")."""
+    size = 1
+    while _pool5_size(size, variant) < 1:
+        size += 1
+    return size
+
+
+def _pool5_size(size, variant):
+    convs = _PAPER_CONVS if variant == "paper" else _ONE_COLUMN_CONVS
+    for index, (_, kernel, stride, pad) in enumerate(convs, start=1):
+        size = (size + 2 * pad - kernel) // stride + 1
+        if index in _POOL_AFTER:
+            size = (size - 3) // 2 + 1
+        if size < 1:
+            return 0
+    return size
+
+
+def build(
+    num_classes=1000,
+    input_shape=(227, 227, 3),
+    variant="paper",
+    groups=2,
+    init="caffe",
+    include_top=True,
+    classifier_activation=None,
+    dropout=0.5,
+    weight_decay=0.0,
+    seed=None,
+    name=None,
+):
+    """Build AlexNet as a Keras functional model.
+
+    Example:
+        >>> import keras_alexnet
+        >>> model = keras_alexnet.build(num_classes=10, input_shape=(227, 227, 3))
+        >>> logits = model(images)        # images: float32 [N, 227, 227, 3], RGB, mean subtracted
+
+    Args:
+        num_classes: size of the last layer (fc8).
+        input_shape: (S, S, 3); any square size of at least `min_input_size(variant)` (67 for the
+            paper variant). The paper's net takes 227 (224 in its text; only 227 gives conv1 55x55
+            without padding). fc6's input size follows the input size.
+        variant: "paper": the network of §3 and Fig. 2 (96/256/384/384/256 filters, LRN after
+            conv1 and conv2, two columns in conv2/conv4/conv5; 60,965,224 parameters).
+            "one_column": torchvision's layout (64/192/384/256/256 filters, no LRN, conv1 padding
+            2, dropout before fc6 and fc7, 224 input; 61,100,840 parameters), for importing its
+            weights and comparing like with like.
+        groups: columns of conv2, conv4, conv5 in the paper variant: 2 as in the paper, 1 for a
+            one-column version of the same net (62,378,344 parameters).
+        init: "caffe" (default: N(0, 0.01), std 0.005 in fc6/fc7, biases 0.1 where the paper has 1;
+            it learns from the first epoch) or "paper" (§5: N(0, 0.01), biases 1 in conv2, conv4,
+            conv5, fc6, fc7; known to stall at chance for many epochs on small problems).
+        include_top: False returns the pool5 feature map [N, 6, 6, C] at 227.
+        classifier_activation: None for logits (the default; use `from_logits=True`) or "softmax".
+            fc8 always computes in float32, whatever the mixed-precision policy.
+        dropout: dropout rate of the two dropout layers (§4.2: 0.5).
+        weight_decay: coupled weight decay of §5 (v <- 0.9 v - wd*lr*w - lr*grad). Adds an L2
+            penalty wd/2 * ||w||^2 on every kernel (not on biases) to `model.losses`, whose
+            gradient is exactly wd*w. The paper uses 5e-4; 0 adds none.
+        seed: seed for the initializers and dropout; None for a random one.
+        name: model name; defaults to "alexnet" or "alexnet_one_column".
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}.")
+    if groups not in (1, 2):
+        raise ValueError(f"groups must be 1 or 2, got {groups!r}.")
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[0] != input_shape[1] or input_shape[2] != 3:
+        raise ValueError(f"input_shape must be (S, S, 3), got {input_shape}.")
+    smallest = min_input_size(variant)
+    if input_shape[0] < smallest:
+        raise ValueError(f"input_shape {input_shape} is too small for variant {variant!r}: use at least {smallest}x{smallest}.")
+    if classifier_activation not in (None, "softmax"):
+        raise ValueError(f"classifier_activation must be None or 'softmax', got {classifier_activation!r}.")
+
+    seeds = keras.random.SeedGenerator(seed) if seed is not None else None
+
+    def next_seed():
+        return None if seeds is None else int(keras.ops.convert_to_numpy(seeds.next()[0]))
+
+    def initializers(layer_name):
+        std, bias = _INIT_TABLE[init][layer_name]
+        return {
+            "kernel_initializer": keras.initializers.RandomNormal(stddev=std, seed=next_seed()),
+            "bias_initializer": keras.initializers.Constant(bias),
+            "kernel_regularizer": keras.regularizers.L2(weight_decay / 2) if weight_decay else None,
+        }
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    convs = _PAPER_CONVS if variant == "paper" else _ONE_COLUMN_CONVS
+    for index, (filters, kernel, stride, pad) in enumerate(convs, start=1):
+        layer_name = f"conv{index}"
+        if variant == "paper":
+            padding = "valid" if pad == 0 else "same"
+            column_groups = groups if index in _TWO_COLUMN_LAYERS else 1
+            x = TwoColumnConv2D(
+                filters, kernel, strides=stride, padding=padding, groups=column_groups,
+                activation="relu", name=layer_name, **initializers(layer_name),
+            )(x)
+            if index in (1, 2):
+                x = LocalResponseNormalization(size=5, k=2.0, alpha=1e-4, beta=0.75, name=f"lrn{index}")(x)
+        else:
+            if index == 1:
+                x = keras.layers.ZeroPadding2D(pad, name="pad1")(x)
+            x = keras.layers.Conv2D(
+                filters, kernel, strides=stride, padding="valid" if index == 1 else "same",
+                activation="relu", name=layer_name, **initializers(layer_name),
+            )(x)
+        if index in _POOL_AFTER:
+            x = keras.layers.MaxPooling2D(pool_size=3, strides=2, name=f"pool{index}")(x)
+
+    if not include_top:
+        return keras.Model(inputs, x, name=name or f"alexnet_{variant}_features")
+
+    x = keras.layers.Flatten(name="flatten")(x)
+    if variant == "paper":
+        # §4.2: dropout on the outputs of fc6 and fc7 (the inputs of fc7 and fc8).
+        x = keras.layers.Dense(4096, activation="relu", name="fc6", **initializers("fc6"))(x)
+        x = keras.layers.Dropout(dropout, seed=next_seed(), name="drop6")(x)
+        x = keras.layers.Dense(4096, activation="relu", name="fc7", **initializers("fc7"))(x)
+        x = keras.layers.Dropout(dropout, seed=next_seed(), name="drop7")(x)
+    else:
+        # torchvision's order: dropout before fc6 and before fc7.
+        x = keras.layers.Dropout(dropout, seed=next_seed(), name="drop5")(x)
+        x = keras.layers.Dense(4096, activation="relu", name="fc6", **initializers("fc6"))(x)
+        x = keras.layers.Dropout(dropout, seed=next_seed(), name="drop6")(x)
+        x = keras.layers.Dense(4096, activation="relu", name="fc7", **initializers("fc7"))(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation=classifier_activation, dtype="float32", name="fc8", **initializers("fc8")
+    )(x)
+    return keras.Model(inputs, outputs, name=name or ("alexnet" if variant == "paper" else "alexnet_one_column"))
+
+
+def feature_extractor(model, layer="fc7"):
+    """A model that maps images to the activations of `layer` of a built AlexNet.
+
+    The default gives the 4096-d fc7 activations (after ReLU) that the paper compares by
+    Euclidean distance to find similar images (§6.1, Fig. 4). Weights are shared with `model`.
+    """
+    return keras.Model(model.input, model.get_layer(layer).output, name=f"{model.name}_{layer}")

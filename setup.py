@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="keras_alexnet",
+    version="0.1.0",
+    description="The reference AlexNet (Krizhevsky, Sutskever, Hinton, NIPS 2012) for TensorFlow and Keras 3.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["keras_alexnet", "keras_alexnet.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        # 2.16 is the first TensorFlow with Keras 3; TPU VMs ship tensorflow-tpu 2.20.
+        "tensorflow>=2.16",
+        "keras>=3.0",
+        "tensorflow-datasets>=4.9",
+        # tensorflow-datasets 4.9.x imports it without declaring it (tensorflow/datasets#11212).
+        "importlib_resources",
+        "absl-py",
+        "numpy",
+        "pillow",
+        "matplotlib",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        # gRPC client for TF Serving; needs the full `tensorflow` distribution, not tensorflow-cpu.
+        "serving": ["tensorflow-serving-api"],
+        "torch": ["torch==2.13.0"],
+    },
+)
