@@ -1,0 +1,177 @@
+"""Tests for keras_alexnet.augment: each transform eagerly and inside tf.data, and the two agree."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_alexnet import augment
+
+MEAN = np.array(augment.IMAGENET_MEAN_RGB, np.float32)
+
+
+def _encode(array, fmt, mode=None, **kwargs):
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def _smooth_image(height, width, seed=0):
+    """A smooth colour image (JPEG keeps it close), uint8 [H, W, 3]."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    channels = [127 + 100 * np.sin(x / rng.uniform(8, 30) + y / rng.uniform(8, 30) + c) for c in range(3)]
+    return np.clip(np.stack(channels, -1), 0, 255).astype(np.uint8)
+
+
+def _in_dataset(fn, *args):
+    """Run fn(*args) inside a tf.data map and return the single result as numpy."""
+    dataset = tf.data.Dataset.from_tensors(tuple(tf.convert_to_tensor(a) for a in args)).map(lambda *a: fn(*a))
+    return next(iter(dataset)).numpy()
+
+
+@pytest.mark.parametrize("fmt,mode", [("JPEG", None), ("JPEG", "L"), ("JPEG", "CMYK"), ("PNG", None),
+                                      ("PNG", "RGBA"), ("PNG", "L"), ("GIF", None), ("BMP", None)])
+def test_decode_image_gives_rgb_uint8(fmt, mode):
+    array = _smooth_image(30, 40)
+    data = _encode(array, fmt, mode)
+    image = augment.decode_image(data).numpy()
+    assert image.shape == (30, 40, 3) and image.dtype == np.uint8
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), np.float32)
+    assert np.abs(image.astype(np.float32) - expected).mean() < 6.0
+    np.testing.assert_array_equal(_in_dataset(augment.decode_image, data), image)
+
+
+def test_decode_image_rejects_non_images():
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        augment.decode_image(b"not an image at all")
+
+
+def test_scaled_size():
+    assert augment.scaled_size(227) == 256
+    assert augment.scaled_size(67) == round(256 * 67 / 227)
+
+
+@pytest.mark.parametrize("shape", [(375, 500), (500, 375), (100, 100), (60, 300)])
+def test_center_view_shape_and_mean(shape):
+    image = np.full(shape + (3,), 200, np.uint8)
+    view = augment.center_view(image, 67).numpy()
+    assert view.shape == (67, 67, 3) and view.dtype == np.float32
+    np.testing.assert_allclose(view, np.broadcast_to(200 - MEAN, view.shape), atol=1e-3)
+
+
+def test_center_view_is_the_central_crop():
+    # An image already at the scaled size is not resampled: the view is its exact centre.
+    image = _smooth_image(256, 300)
+    view = augment.center_view(image, 227).numpy()
+    expected = image[14:241, 36:263].astype(np.float32) - MEAN
+    np.testing.assert_allclose(view, expected, atol=1e-3)
+    np.testing.assert_allclose(_in_dataset(lambda x: augment.center_view(x, 227), image), view, atol=1e-4)
+    signature = tf.function(lambda x: augment.center_view(x, 227),
+                            input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    np.testing.assert_allclose(signature(image).numpy(), view, atol=1e-4)
+
+
+def test_ten_crop_geometry():
+    image = _smooth_image(256, 256)
+    views = augment.ten_crop(image, 227).numpy() + MEAN
+    assert views.shape == (10, 227, 227, 3)
+    f = image.astype(np.float32)
+    expected = [f[:227, :227], f[:227, 29:], f[29:, :227], f[29:, 29:], f[14:241, 14:241]]
+    for index, crop in enumerate(expected):
+        np.testing.assert_allclose(views[index], crop, atol=1e-3)
+        np.testing.assert_allclose(views[index + 5], crop[:, ::-1], atol=1e-3)
+    np.testing.assert_allclose(_in_dataset(lambda x: augment.ten_crop(x, 227), image), views - MEAN, atol=1e-3)
+
+
+def test_ten_crop_of_a_wide_image_uses_the_central_square():
+    image = np.zeros((127, 255, 3), np.uint8)
+    image[:, 64:191] = 255          # the central square is white, the sides black
+    assert augment.scaled_size(113) == 127      # so there is no resampling
+    views = augment.ten_crop(image, 113).numpy() + MEAN
+    np.testing.assert_allclose(views, 255.0, atol=1e-3)
+
+
+def test_paper_crop_window_stays_in_the_central_square():
+    windows = np.array([augment.paper_crop_window(tf.constant([375, 500]), 227, tf.constant([s, 7])).numpy()
+                        for s in range(200)])
+    side = round(227 * 375 / 256)
+    assert (windows[:, 2] == side).all() and (windows[:, 3] == side).all()
+    assert windows[:, 0].min() >= 0 and windows[:, 0].max() + side <= 375
+    assert windows[:, 1].min() >= 62 and windows[:, 1].max() + side <= 62 + 375 + 1
+    # The offsets cover the whole 0..29 range of the 256-scaled square (in original pixels).
+    assert windows[:, 0].min() <= 2 and windows[:, 0].max() >= 375 - side - 2
+
+
+def test_decode_crop_matches_full_decode_for_png_and_jpeg():
+    array = _smooth_image(120, 160)
+    window = tf.constant([10, 20, 64, 64])
+    for fmt in ("PNG", "JPEG"):
+        data = _encode(array, fmt, quality=95)
+        crop = augment.decode_crop(data, window).numpy()
+        full = augment.decode_image(data).numpy()[10:74, 20:84]
+        assert crop.shape == (64, 64, 3)
+        assert np.abs(crop.astype(int) - full.astype(int)).mean() < 2.0
+
+
+def test_random_flip_is_identity_or_mirror_and_both_happen():
+    image = tf.constant(_smooth_image(8, 9))
+    flipped = 0
+    for s in range(40):
+        out = augment.random_flip(image, tf.constant([s, 0])).numpy()
+        if np.array_equal(out, image.numpy()[:, ::-1]):
+            flipped += 1
+        else:
+            np.testing.assert_array_equal(out, image.numpy())
+    assert 5 < flipped < 35
+
+
+def test_pca_lighting_statistics():
+    # The shift is the same for every pixel; over many draws it has zero mean and covariance
+    # P diag((0.1 * 255 * lambda)^2) P^T, i.e. independent along the eigenvectors.
+    zeros = tf.zeros([2, 2, 3])
+    draws = tf.map_fn(lambda s: augment.pca_lighting(zeros, tf.stack([s, s + 1]))[0, 0],
+                      tf.range(4000, dtype=tf.int32), fn_output_signature=tf.float32).numpy()
+    eigvec = np.array(augment.IMAGENET_PCA_EIGVEC)
+    eigval = np.array(augment.IMAGENET_PCA_EIGVAL)
+    coefficients = draws @ eigvec               # coordinates along p1, p2, p3
+    std = 0.1 * 255 * eigval
+    assert np.all(np.abs(coefficients.mean(0)) < 4 * std / np.sqrt(len(draws)))
+    np.testing.assert_allclose(coefficients.std(0), std, rtol=0.06)
+    correlation = np.corrcoef(coefficients.T)
+    assert np.all(np.abs(correlation[np.triu_indices(3, 1)]) < 0.08)
+    # Shift along p1 (brightness) dominates.
+    assert std[0] > 10 * std[1]
+
+
+def test_subtract_mean_per_channel_and_per_pixel():
+    image = np.full((4, 4, 3), 100, np.uint8)
+    np.testing.assert_allclose(augment.subtract_mean(image).numpy(), np.broadcast_to(100 - MEAN, (4, 4, 3)), atol=1e-4)
+    mean_image = np.arange(48, dtype=np.float32).reshape(4, 4, 3)
+    np.testing.assert_allclose(augment.subtract_mean(image, mean_image).numpy(), 100 - mean_image)
+
+
+@pytest.mark.parametrize("augmentation", augment.AUGMENTATIONS)
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_train_view_eager_and_tf_data_agree(augmentation, fmt):
+    data = _encode(_smooth_image(90, 120), fmt)
+    seed = tf.constant([3, 4], tf.int64)
+    eager = augment.train_view(data, 67, seed, augmentation).numpy()
+    assert eager.shape == (67, 67, 3) and eager.dtype == np.float32
+    in_data = _in_dataset(lambda x, s: augment.train_view(x, 67, s, augmentation), data, seed)
+    np.testing.assert_allclose(in_data, eager, atol=1e-3)
+    # Same seed, same view; the random augmentations differ for other seeds.
+    np.testing.assert_allclose(augment.train_view(data, 67, seed, augmentation).numpy(), eager, atol=1e-4)
+    others = [augment.train_view(data, 67, tf.constant([s, 9], tf.int64), augmentation).numpy() for s in range(3)]
+    differs = any(np.abs(o - eager).max() > 1.0 for o in others)
+    assert differs == (augmentation != "none")
+
+
+def test_train_view_rejects_unknown_augmentation():
+    with pytest.raises(ValueError, match="augmentation"):
+        augment.train_view(b"", 67, tf.constant([0, 0]), "cutmix")
