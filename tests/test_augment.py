@@ -135,8 +135,8 @@ def test_pca_lighting_statistics():
     # The shift is the same for every pixel; over many draws it has zero mean and covariance
     # P diag((0.1 * 255 * lambda)^2) P^T, i.e. independent along the eigenvectors.
     zeros = tf.zeros([2, 2, 3])
-    draws = tf.map_fn(lambda s: augment.pca_lighting(zeros, tf.stack([s, s + 1]))[0, 0],
-                      tf.range(4000, dtype=tf.int32), fn_output_signature=tf.float32).numpy()
+    seeds = tf.data.Dataset.range(4000).map(lambda s: tf.stack([s, s + 1]))
+    draws = next(iter(seeds.map(lambda s: augment.pca_lighting(zeros, s)[0, 0]).batch(4000))).numpy()
     eigvec = np.array(augment.IMAGENET_PCA_EIGVEC)
     eigval = np.array(augment.IMAGENET_PCA_EIGVAL)
     coefficients = draws @ eigvec               # coordinates along p1, p2, p3
