@@ -16,6 +16,8 @@ setup(
         # tensorflow-datasets 4.9.x imports it without declaring it (tensorflow/datasets#11212).
         "importlib_resources",
         "absl-py",
+        # TensorFlow 2.21 no longer pulls it in; tf.summary.scalar needs it.
+        "tensorboard",
         "numpy",
         "pillow",
         "matplotlib",

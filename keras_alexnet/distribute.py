@@ -1,0 +1,103 @@
+"""Choosing a `tf.distribute` strategy, in the manner of tensorflow/models' distribute_utils.
+
+For TPUs the strategy (and its scope) must exist before any dataset or model is built.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+from keras_alexnet.errors import UsageError
+
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
+
+
+def get_strategy(name="auto", tpu=None, num_gpus=None):
+    """Return the tf.distribute strategy called `name`.
+
+    auto: TPU if `tpu` is given, MirroredStrategy for 2+ GPUs, OneDeviceStrategy on the one GPU,
+    the default strategy otherwise. mirrored: all local GPUs (or all logical CPUs if there are no
+    GPUs, which is how the tests run it). multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.
+    tpu: TPUStrategy on `tpu` ("local" on a TPU VM, or a TPU name or grpc:// address).
+    `num_gpus` limits the GPUs used (None: all).
+    """
+    if name not in STRATEGIES:
+        raise UsageError(f"--strategy={name!r} is unknown: use one of {', '.join(STRATEGIES)}.")
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if num_gpus is not None:
+        if num_gpus > len(gpus):
+            raise UsageError(f"--num_gpus={num_gpus} but this machine has {len(gpus)} GPU(s): lower --num_gpus.")
+        gpus = gpus[:num_gpus]
+    if name == "auto":
+        name = "tpu" if tpu else "mirrored" if len(gpus) >= 2 else "one_device" if gpus else "default"
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
+    if name == "mirrored":
+        devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable (cluster and task): set it on every worker.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return _tpu_strategy(tpu)
+
+
+def _tpu_strategy(tpu):
+    # The documented TF 2.x sequence (tensorflow.org/guide/tpu): resolve, connect, initialize.
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "")
+        if tpu not in (None, "", "local"):
+            tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UsageError(
+            f"--strategy=tpu: no TPU found (--tpu={tpu or ''!r}: {first_line}); run on a TPU VM with --tpu=local or name a TPU."
+        ) from None
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def is_chief(strategy):
+    """True on the one worker that writes checkpoints, logs and exports."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type is None:
+        return True
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def worker_id(strategy):
+    """A short name for this worker, for temporary files of non-chief workers."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return "worker0"
+    return f"{resolver.task_type}{resolver.task_id}"
+
+
+def device_kind():
+    """'tpu', 'gpu' or 'cpu': what the default precision and XLA choices depend on."""
+    if tf.config.list_logical_devices("TPU"):
+        return "tpu"
+    if tf.config.list_physical_devices("GPU"):
+        return "gpu"
+    return "cpu"
+
+
+def default_precision(kind, strategy=None):
+    """mixed_bfloat16 on TPU and on GPUs of compute capability 8.0+ (Ampere), mixed_float16 on
+    older GPUs (Volta, Turing: fast float16, no bfloat16), float32 on CPU."""
+    if kind == "tpu" or isinstance(strategy, tf.distribute.TPUStrategy):
+        return "mixed_bfloat16"
+    if kind == "gpu":
+        details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+        capability = details.get("compute_capability", (0, 0))
+        return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
+    return "float32"

@@ -1,0 +1,93 @@
+"""What a training run shows and keeps: a progress line, history.jsonl and TensorBoard scalars."""
+
+import json
+import os
+import sys
+import time
+
+import tensorflow as tf
+
+
+class Progress:
+    """A progress bar with images/s and ETA on a terminal; plain lines when output is a file.
+
+    On a terminal the line is redrawn in place; otherwise one line is printed every
+    `lines_per_epoch`-th of the epoch, so CI logs and `nohup` files stay readable.
+    """
+
+    def __init__(self, steps_per_epoch, epochs, global_batch_size, stream=None, lines_per_epoch=5):
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs = epochs
+        self.global_batch_size = global_batch_size
+        self.stream = stream or sys.stdout
+        self.is_terminal = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every = max(1, steps_per_epoch // max(1, lines_per_epoch))
+        self._last_printed = -1
+
+    def update(self, epoch, step_in_epoch, loss, top1, images_per_sec):
+        remaining = (self.epochs - epoch - 1) * self.steps_per_epoch + self.steps_per_epoch - step_in_epoch
+        eta = remaining * self.global_batch_size / images_per_sec if images_per_sec > 0 else float("nan")
+        width = 24
+        done = int(width * step_in_epoch / self.steps_per_epoch)
+        line = (
+            f"epoch {epoch + 1}/{self.epochs} [{'=' * done}{'.' * (width - done)}] "
+            f"{step_in_epoch}/{self.steps_per_epoch} loss {loss:.4f} top-1 {top1:.3f} "
+            f"{images_per_sec:.1f} img/s ETA {_format_seconds(eta)}"
+        )
+        if self.is_terminal:
+            self.stream.write("\r" + line + "\x1b[K")
+            self.stream.flush()
+        elif step_in_epoch // self.every != self._last_printed or step_in_epoch == self.steps_per_epoch:
+            self._last_printed = step_in_epoch // self.every
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def end_epoch(self, message):
+        if self.is_terminal:
+            self.stream.write("\n")
+        self.stream.write(message + "\n")
+        self.stream.flush()
+        self._last_printed = -1
+
+
+def _format_seconds(seconds):
+    if seconds != seconds:  # NaN
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class RunLog:
+    """history.jsonl (one JSON object per epoch) and TensorBoard scalars under model_dir/logs.
+
+    Only the chief writes; other workers get `enabled=False` and write nothing.
+    """
+
+    def __init__(self, history_path, tensorboard_dir, enabled=True):
+        self.enabled = enabled
+        self.history_path = history_path
+        self.writer = tf.summary.create_file_writer(tensorboard_dir) if enabled else None
+
+    def scalars(self, step, values, prefix=""):
+        if not self.enabled:
+            return
+        with self.writer.as_default(step=int(step)):
+            for name, value in values.items():
+                tf.summary.scalar(prefix + name, float(value))
+        self.writer.flush()
+
+    def epoch(self, record):
+        if not self.enabled:
+            return
+        with open(self.history_path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def elapsed(self):
+        return time.perf_counter() - self.start

@@ -1,0 +1,433 @@
+"""The training engine: one custom loop for every tf.distribute strategy (§5's recipe).
+
+Keras 3 `model.fit` fails under MultiWorkerMirroredStrategy and with steps_per_execution > 1 on
+several replicas (../shared/PLATFORM.md), so this is the loop of TensorFlow's official models:
+datasets built per input pipeline with `distribute_datasets_from_function`, an outer
+`tf.function` that runs `steps_per_loop` steps of `strategy.run(replica_step)`, the loss averaged
+over the *global* batch, and (with XLA) the per-replica forward and backward compiled while the
+optimizer update stays outside the compiled function (compiling the update too fails on logical
+devices). Progress, checkpoints, evaluation and the schedule run in Python between loops.
+"""
+
+import dataclasses
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_alexnet import checkpoints, data, distribute, optimization
+from keras_alexnet.errors import UsageError
+from keras_alexnet.logs import Progress, RunLog
+from keras_alexnet.model import VARIANTS, INITS, min_input_size
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; a checkpoint was saved and the same command resumes from it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs; scripts/train.py fills it from flags. None means "choose for me"."""
+
+    dataset: str = "shapes"
+    data_dir: str = None
+    manual_dir: str = None
+    data_service: str = None
+    augmentation: str = "paper"
+    model_dir: str = "runs/alexnet"
+    export_dir: str = "saved_models/alexnet"
+    variant: str = "paper"
+    groups: int = 2
+    init: str = "caffe"
+    dropout: float = 0.5
+    image_size: int = 227
+    batch_size: int = 128
+    epochs: int = 90
+    steps_per_epoch: int = None
+    strategy: str = "auto"
+    tpu: str = None
+    num_gpus: int = None
+    precision: str = None
+    xla: bool = None
+    steps_per_loop: int = 1
+    learning_rate: float = None
+    lr_schedule: str = "plateau"
+    warmup_epochs: float = 0.0
+    lr_decay_epochs: float = 30.0
+    plateau_patience: int = 2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    deterministic: bool = False
+    checkpoint_steps: int = 500
+    keep_checkpoints: int = 3
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
+def check_config(config):
+    """Checks that need no TensorFlow work: each failure names the flag and the fix."""
+    if config.variant not in VARIANTS:
+        raise UsageError(f"--variant={config.variant!r} is unknown: use one of {', '.join(VARIANTS)}.")
+    if config.init not in INITS:
+        raise UsageError(f"--init={config.init!r} is unknown: use one of {', '.join(INITS)}.")
+    if config.groups not in (1, 2):
+        raise UsageError(f"--groups={config.groups} is not supported: use 1 or 2.")
+    smallest = min_input_size(config.variant)
+    if config.image_size < smallest:
+        raise UsageError(f"--image_size={config.image_size} is below the minimum for --variant={config.variant}: use at least {smallest}.")
+    for name in ("batch_size", "epochs", "steps_per_loop", "checkpoint_steps", "keep_checkpoints"):
+        if getattr(config, name) < 1:
+            raise UsageError(f"--{name}={getattr(config, name)} must be at least 1.")
+    if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
+        raise UsageError(f"--steps_per_epoch={config.steps_per_epoch} must be at least 1.")
+    if config.precision is not None and config.precision not in PRECISIONS:
+        raise UsageError(f"--precision={config.precision!r} is unknown: use one of {', '.join(PRECISIONS)}.")
+    if config.lr_schedule not in optimization.SCHEDULES:
+        raise UsageError(f"--lr_schedule={config.lr_schedule!r} is unknown: use one of {', '.join(optimization.SCHEDULES)}.")
+    if config.learning_rate is not None and not config.learning_rate > 0:
+        raise UsageError(f"--learning_rate={config.learning_rate} must be positive.")
+    if not 0.0 <= config.dropout < 1.0:
+        raise UsageError(f"--dropout={config.dropout} must be in [0, 1).")
+    if config.weight_decay < 0 or config.momentum < 0:
+        raise UsageError("--weight_decay and --momentum must not be negative.")
+    _check_writable(config.model_dir, "--model_dir")
+
+
+def _check_writable(path, flag):
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
+            pass
+    except OSError as error:
+        raise UsageError(f"{flag}={path} is not writable ({error.strerror}): choose a directory you can write to.") from None
+
+
+def check_resume(config):
+    """A model_dir that holds checkpoints of another model shape is refused, not overwritten."""
+    if checkpoints.latest_checkpoint(config.model_dir) is None:
+        return
+    try:
+        previous = checkpoints.read_config(config.model_dir)
+    except FileNotFoundError:
+        return
+    current = config.to_json()
+    for key in checkpoints.MODEL_KEYS:
+        if key in previous and previous[key] != current.get(key):
+            raise UsageError(
+                f"--model_dir={config.model_dir} holds checkpoints of a model with {key}={previous[key]}, "
+                f"but this run has {key}={current.get(key)}: use a new --model_dir or the same --{key}."
+            )
+
+
+def resolve(config, strategy, info):
+    """Fill in the choices left to the machine: precision, XLA, learning rate, steps per epoch."""
+    kind = distribute.device_kind()
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise UsageError(
+            f"--batch_size={config.batch_size} (global) is not divisible by the {replicas} replicas: "
+            f"use a multiple of {replicas}."
+        )
+    steps_per_epoch = config.steps_per_epoch or info.num_examples["train"] // config.batch_size
+    if steps_per_epoch < 1:
+        raise UsageError(
+            f"--batch_size={config.batch_size} is larger than the {info.num_examples['train']} training examples: lower it."
+        )
+    return dataclasses.replace(
+        config,
+        precision=config.precision or distribute.default_precision(kind, strategy),
+        # XLA: on for accelerators; on CPU the measured default (docs/performance.md) is off.
+        xla=config.xla if config.xla is not None else kind in ("gpu", "tpu"),
+        learning_rate=config.learning_rate or optimization.scaled_learning_rate(config.batch_size),
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+class Trainer:
+    """Holds the model, optimizer and compiled steps of one run under one strategy."""
+
+    def __init__(self, config, strategy, num_classes):
+        self.config = config
+        self.strategy = strategy
+        self.num_classes = num_classes
+        self.top_k = min(5, num_classes)
+        total_steps = config.epochs * config.steps_per_epoch
+        with strategy.scope():
+            self.model = checkpoints.build_from_config(
+                {**config.to_json(), "num_classes": num_classes},
+                init=config.init, dropout=config.dropout, weight_decay=config.weight_decay, seed=config.seed,
+            )
+            self.plateau = optimization.PlateauTracker(patience=config.plateau_patience)
+            self.schedule = optimization.AlexNetSchedule(
+                config.learning_rate, config.lr_schedule, total_steps,
+                warmup_steps=int(config.warmup_epochs * config.steps_per_epoch),
+                decay_steps=int(config.lr_decay_epochs * config.steps_per_epoch),
+                scale=self.plateau.scale,
+            )
+            self.optimizer = optimization.make_optimizer(self.schedule, config.momentum, config.precision)
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.checkpoint = tf.train.Checkpoint(
+            model=self.model, optimizer=self.optimizer, step=self.step, epoch=self.epoch,
+            **self.plateau.checkpoint_items(),
+        )
+        self._train_loop = self._make_train_loop()
+        self._eval_step = self._make_eval_step()
+
+    def learning_rate(self):
+        return float(self.schedule(self.step))
+
+    # -- compiled steps -----------------------------------------------------------------------
+
+    def _statistics(self, logits, labels, per_example_loss):
+        labels = tf.cast(labels, tf.int32)
+        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32))
+        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, self.top_k), tf.float32))
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return tf.stack([tf.reduce_sum(per_example_loss), top1, top5, count])
+
+    def _make_train_loop(self):
+        model, optimizer, config = self.model, self.optimizer, self.config
+        scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+        def forward_backward(images, labels):
+            with tf.GradientTape() as tape:
+                logits = tf.cast(model(images, training=True), tf.float32)
+                per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)
+                loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
+                if model.losses:  # the coupled weight decay (§5), once per global step
+                    loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+                scaled_loss = optimizer.scale_loss(loss) if scales_loss else loss
+            gradients = tape.gradient(scaled_loss, model.trainable_variables)
+            return gradients, self._statistics(logits, labels, per_example)
+
+        if config.xla and not isinstance(self.strategy, tf.distribute.TPUStrategy):
+            forward_backward = tf.function(forward_backward, jit_compile=True)
+
+        def replica_step(images, labels):
+            gradients, statistics = forward_backward(images, labels)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+            return statistics
+
+        @tf.function
+        def train_loop(iterator, steps):
+            totals = tf.zeros([4])
+            for _ in tf.range(steps):
+                images, labels = next(iterator)
+                statistics = self.strategy.run(replica_step, args=(images, labels))
+                totals += self.strategy.reduce(tf.distribute.ReduceOp.SUM, statistics, axis=None)
+                self.step.assign_add(1)
+            return totals
+
+        return train_loop
+
+    def _make_eval_step(self):
+        model = self.model
+
+        def replica_eval(images, labels):
+            logits = tf.cast(model(images, training=False), tf.float32)
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)
+            return self._statistics(logits, labels, per_example)
+
+        @tf.function(reduce_retracing=True)
+        def eval_step(images, labels):
+            statistics = self.strategy.run(replica_eval, args=(images, labels))
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, statistics, axis=None)
+
+        return eval_step
+
+    # -- public steps ---------------------------------------------------------------------------
+
+    def train_steps(self, iterator, steps):
+        """Run `steps` training steps; returns summed [loss, top1, top5, count] over them."""
+        return self._train_loop(iterator, tf.constant(steps, tf.int64)).numpy()
+
+    def evaluate(self, distributed_dataset):
+        """Loss, top-1 and top-5 accuracy over a whole (non-repeated) distributed dataset."""
+        totals = np.zeros(4)
+        for images, labels in distributed_dataset:
+            totals += self._eval_step(images, labels).numpy()
+        count = max(totals[3], 1.0)
+        return {"loss": totals[0] / count, "top1": totals[1] / count, "top5": totals[2] / count,
+                "examples": int(totals[3])}
+
+
+def _dataset_fn(config, split, training, seed):
+    def dataset_fn(input_context):
+        return data.make_dataset(
+            config.dataset, split,
+            image_size=config.image_size,
+            batch_size=input_context.get_per_replica_batch_size(config.batch_size),
+            training=training,
+            input_context=input_context,
+            data_dir=config.data_dir,
+            manual_dir=config.manual_dir,
+            seed=seed,
+            deterministic=config.deterministic,
+            augmentation=config.augmentation if training else "none",
+            data_service=config.data_service if training else None,
+        )
+
+    return dataset_fn
+
+
+def train(config, strategy=None, stream=None):
+    """Train, evaluate after every epoch, checkpoint, and export at the end.
+
+    Returns a dict with the final held-out metrics, the step reached and the export path.
+    Raises UsageError for bad input (before any work), TrainingDiverged on a NaN loss and
+    Preempted after SIGTERM (both after keeping the last good checkpoint).
+    """
+    check_config(config)
+    if strategy is None:
+        strategy = distribute.get_strategy(config.strategy, tpu=config.tpu, num_gpus=config.num_gpus)
+    info = data.dataset_info(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)
+    config = resolve(config, strategy, info)
+    check_resume(config)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(config.precision)
+    chief = distribute.is_chief(strategy)
+    say = (lambda message: print(message, file=stream, flush=True)) if chief else (lambda message: None)
+
+    trainer = Trainer(config, strategy, info.num_classes)
+    checkpoint_dir = checkpoints.checkpoint_dir(config.model_dir)
+    restored = tf.train.latest_checkpoint(checkpoint_dir)
+    if restored:
+        trainer.checkpoint.restore(restored).assert_existing_objects_matched()
+        say(f"resumed from {restored} at step {int(trainer.step.numpy())}")
+    write_dir = checkpoint_dir if chief else tempfile.mkdtemp(prefix=f"alexnet_{distribute.worker_id(strategy)}_")
+    manager = tf.train.CheckpointManager(trainer.checkpoint, write_dir, max_to_keep=config.keep_checkpoints)
+    if chief:
+        checkpoints.write_config(config.model_dir, {
+            **config.to_json(), "num_classes": info.num_classes, "class_names": list(info.class_names),
+            "num_replicas": strategy.num_replicas_in_sync, "strategy_class": type(strategy).__name__,
+        })
+    run_log = RunLog(os.path.join(config.model_dir, checkpoints.HISTORY_FILE),
+                     os.path.join(config.model_dir, checkpoints.LOG_DIR), enabled=chief)
+
+    start_step = int(trainer.step.numpy())
+    total_steps = config.epochs * config.steps_per_epoch
+    train_data = strategy.distribute_datasets_from_function(_dataset_fn(config, "train", True, config.seed + start_step))
+    eval_data = strategy.distribute_datasets_from_function(_dataset_fn(config, "validation", False, config.seed))
+    iterator = iter(train_data)
+    say(f"training {config.variant} AlexNet ({trainer.model.count_params():,} parameters) on {config.dataset} "
+        f"({info.num_examples['train']} train / {info.num_examples.get('validation', 0)} held-out, {info.num_classes} classes), "
+        f"{type(strategy).__name__} x{strategy.num_replicas_in_sync}, {config.precision}, XLA {'on' if config.xla else 'off'}, "
+        f"image {config.image_size}, batch {config.batch_size}, lr {config.learning_rate:g} ({config.lr_schedule}), "
+        f"{config.epochs} epochs x {config.steps_per_epoch} steps")
+
+    stop = {"sigterm": False}
+    previous_handler = _install_sigterm(stop)
+    progress = Progress(config.steps_per_epoch, config.epochs, config.batch_size, stream=stream)
+    result = {}
+    try:
+        step = start_step
+        while step < total_steps:
+            epoch = step // config.steps_per_epoch
+            epoch_start, totals, timed_images, timed_seconds = time.perf_counter(), np.zeros(4), 0, 0.0
+            while step < (epoch + 1) * config.steps_per_epoch:
+                boundary = min((epoch + 1) * config.steps_per_epoch, (step // config.checkpoint_steps + 1) * config.checkpoint_steps)
+                steps = min(config.steps_per_loop, boundary - step)
+                loop_start = time.perf_counter()
+                loop_totals = trainer.train_steps(iterator, steps)
+                seconds = time.perf_counter() - loop_start
+                step += steps
+                if not np.isfinite(loop_totals[0]):
+                    raise TrainingDiverged(
+                        f"loss became {loop_totals[0] / loop_totals[3]} at step {step}; stopped. The last good checkpoint "
+                        f"({manager.latest_checkpoint or 'none'}) is kept: lower --learning_rate and rerun."
+                    )
+                totals += loop_totals
+                if step - steps > start_step:  # the first loop of a run includes tracing and compiling
+                    timed_images += steps * config.batch_size
+                    timed_seconds += seconds
+                images_per_sec = timed_images / timed_seconds if timed_seconds else steps * config.batch_size / seconds
+                if chief:
+                    progress.update(epoch, step - epoch * config.steps_per_epoch,
+                                    totals[0] / totals[3], totals[1] / totals[3], images_per_sec)
+                epoch_done = step == (epoch + 1) * config.steps_per_epoch
+                if (step % config.checkpoint_steps == 0 and not epoch_done) or stop["sigterm"]:
+                    _save(manager, step)
+                if stop["sigterm"]:
+                    raise Preempted(f"SIGTERM: saved a checkpoint at step {step} in {checkpoint_dir}; rerun the same command to resume.")
+
+            trainer.epoch.assign(epoch + 1)
+            held_out = trainer.evaluate(eval_data)
+            dropped = config.lr_schedule == "plateau" and trainer.plateau.update(1.0 - held_out["top1"])
+            _save(manager, step)
+            record = {
+                "epoch": epoch + 1, "step": step, "learning_rate": trainer.learning_rate(),
+                "train_loss": totals[0] / totals[3], "train_top1": totals[1] / totals[3], "train_top5": totals[2] / totals[3],
+                "val_loss": held_out["loss"], "val_top1": held_out["top1"], "val_top5": held_out["top5"],
+                "val_examples": held_out["examples"], "images_per_sec": images_per_sec,
+                "seconds": time.perf_counter() - epoch_start,
+            }
+            run_log.epoch(record)
+            run_log.scalars(step, {"loss": record["train_loss"], "top1": record["train_top1"], "top5": record["train_top5"],
+                                   "learning_rate": record["learning_rate"], "images_per_sec": images_per_sec}, "train/")
+            run_log.scalars(step, {"loss": held_out["loss"], "top1": held_out["top1"], "top5": held_out["top5"]}, "val/")
+            if chief:
+                progress.end_epoch(
+                    f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} top-1 {record['train_top1']:.3f}; "
+                    f"held-out loss {held_out['loss']:.4f} top-1 {held_out['top1']:.3f} top-5 {held_out['top5']:.3f} "
+                    f"({held_out['examples']} images); {images_per_sec:.1f} img/s"
+                    + ("; learning rate divided by 10" if dropped else "")
+                )
+            result = {"step": step, "epoch": epoch + 1, **{f"val_{k}": v for k, v in held_out.items()}}
+        if not result:  # already trained to the end: evaluate what was restored
+            held_out = trainer.evaluate(eval_data)
+            result = {"step": step, "epoch": config.epochs, **{f"val_{k}": v for k, v in held_out.items()}}
+            say(f"already trained {step} steps; held-out top-1 {held_out['top1']:.3f}")
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        if not chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
+
+    if chief and config.export_dir:
+        result["export_path"] = _export(trainer.model, config, info)
+        say(f"exported SavedModel to {result['export_path']}")
+    return result
+
+
+def _install_sigterm(stop):
+    def on_sigterm(signum, frame):
+        stop["sigterm"] = True
+
+    try:
+        return signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        return signal.getsignal(signal.SIGTERM)
+
+
+def _save(manager, step):
+    try:
+        manager.save(checkpoint_number=step)
+    except (OSError, tf.errors.OpError) as error:
+        message = getattr(error, "message", None) or str(error)
+        raise UsageError(
+            f"could not write a checkpoint to {manager.directory} ({message.strip().splitlines()[0]}): "
+            "free disk space or choose another --model_dir; earlier checkpoints are intact."
+        ) from None
+
+
+def _export(model, config, info):
+    from keras_alexnet.export import export_saved_model
+
+    return export_saved_model(model, config.export_dir, class_names=list(info.class_names), image_size=config.image_size)

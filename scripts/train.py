@@ -1,0 +1,94 @@
+"""Train AlexNet (the paper's §5 recipe) under any tf.distribute strategy, then export it.
+
+    python scripts/train.py                                   # demo: the built-in shapes data
+    python scripts/train.py --dataset tfds:imagenet2012 --data_dir ~/tensorflow_datasets \
+        --image_size 227 --batch_size 128 --epochs 90 --model_dir runs/imagenet
+
+Rerunning the same command resumes from the newest checkpoint in --model_dir.
+"""
+
+import sys
+
+from absl import app, flags
+
+# Demo defaults: the built-in shapes data, sized to finish on a 2-core CPU in under 10 minutes
+# (see README). For ImageNet use --image_size 227 --batch_size 128 --epochs 90.
+DEMO = dict(image_size=99, batch_size=32, epochs=4)
+
+flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
+                  "tf.distribute strategy. auto: TPU if --tpu is set, mirrored for 2+ GPUs, one_device for one GPU, "
+                  "default otherwise. multi_worker reads TF_CONFIG.")
+flags.DEFINE_string("tpu", None, "TPU to use with --strategy tpu (or auto): 'local' on a TPU VM, else a TPU name or grpc:// address.")
+flags.DEFINE_integer("num_gpus", None, "Use only the first N GPUs (default: all).")
+flags.DEFINE_string("dataset", "shapes", "shapes (built-in demo) | synthetic | folder:PATH | tfrecord:GLOB | tfds:NAME.")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: datasets.")
+flags.DEFINE_string("manual_dir", None, "TFDS manual_dir holding the ILSVRC2012 tars for tfds:imagenet2012.")
+flags.DEFINE_string("data_service", None, "tf.data service dispatcher (grpc://host:port) to run preprocessing on.")
+flags.DEFINE_enum("augmentation", "paper", ["paper", "inception", "none"],
+                  "Training augmentation: paper (§4.1 crops, flips, PCA lighting), inception (random-resized-crop), none.")
+flags.DEFINE_string("model_dir", "runs/alexnet", "Checkpoints, config.json, history.jsonl and TensorBoard logs.")
+flags.DEFINE_string("export_dir", "saved_models/alexnet", "Export base: the SavedModel goes to <export_dir>/<next integer>/. Empty: no export.")
+flags.DEFINE_enum("variant", "paper", ["paper", "one_column"], "paper: the two-column net of §3; one_column: torchvision's layout.")
+flags.DEFINE_integer("groups", 2, "Columns of conv2/4/5 in the paper variant (2 as in the paper, 1 for one column).")
+flags.DEFINE_enum("init", "caffe", ["caffe", "paper"], "Initialization: caffe (learns at once) or paper (§5, biases 1).")
+flags.DEFINE_float("dropout", 0.5, "Dropout rate after fc6 and fc7 (§4.2).")
+flags.DEFINE_integer("image_size", DEMO["image_size"], "Square input size (paper: 227; at least 67).")
+flags.DEFINE_integer("batch_size", DEMO["batch_size"], "Global batch size, split evenly over the replicas (paper: 128).")
+flags.DEFINE_integer("epochs", DEMO["epochs"], "Epochs to train (paper: about 90).")
+flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: training examples // batch size).")
+flags.DEFINE_enum("precision", None, ["float32", "mixed_float16", "mixed_bfloat16"],
+                  "Default by device: mixed_bfloat16 on TPU and Ampere+ GPUs, mixed_float16 (loss-scaled) on older GPUs, float32 on CPU.")
+flags.DEFINE_bool("xla", None, "Compile each replica's forward and backward with XLA (default: on for GPU/TPU, off on CPU).")
+flags.DEFINE_integer("steps_per_loop", 1, "Training steps per call into the compiled loop (raise on accelerators to cut host overhead).")
+flags.DEFINE_float("learning_rate", None, "Base learning rate (default: 0.01 x global batch / 128, the paper's rate scaled linearly).")
+flags.DEFINE_enum("lr_schedule", "plateau", ["plateau", "step", "cosine"],
+                  "plateau: /10 when held-out error stops improving, 3 times at most (§5); step: /10 every --lr_decay_epochs; cosine.")
+flags.DEFINE_float("warmup_epochs", 0.0, "Linear learning-rate warm-up, in epochs.")
+flags.DEFINE_float("lr_decay_epochs", 30.0, "Epochs between /10 steps with --lr_schedule step.")
+flags.DEFINE_integer("plateau_patience", 2, "Epochs without held-out improvement before /10 with --lr_schedule plateau.")
+flags.DEFINE_float("momentum", 0.9, "SGD momentum (§5).")
+flags.DEFINE_float("weight_decay", 5e-4, "Coupled weight decay on kernels, not biases (§5).")
+flags.DEFINE_integer("seed", 0, "Seed for initialization, dropout and the input pipeline.")
+flags.DEFINE_bool("deterministic", False, "Deterministic ops and input order (slower).")
+flags.DEFINE_integer("checkpoint_steps", 500, "Save a checkpoint every N steps (and at every epoch end).")
+flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
+
+FLAGS = flags.FLAGS
+
+
+def parse_flags(argv):
+    """absl's parser, but a bad flag is one line on stderr and exit code 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        print(f"error: {error}. See --helpfull.", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}: flags are --name=value.", file=sys.stderr)
+        sys.exit(2)
+    from keras_alexnet.errors import UsageError
+    from keras_alexnet.training import Preempted, TrainConfig, TrainingDiverged, train
+
+    config = TrainConfig(**{field: FLAGS[field].value for field in TrainConfig.__dataclass_fields__ if field in FLAGS})
+    try:
+        result = train(config)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except Preempted as error:
+        print(str(error), file=sys.stderr)
+        sys.exit(143)
+    if result:
+        print(f"done: step {result['step']}, held-out top-1 {result['val_top1']:.4f} "
+              f"(error {1 - result['val_top1']:.4f}), top-5 {result['val_top5']:.4f}"
+              + (f"; SavedModel {result['export_path']}" if result.get("export_path") else ""))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
