@@ -24,6 +24,11 @@ def get_strategy(name="auto", tpu=None, num_gpus=None):
     """
     if name not in STRATEGIES:
         raise UsageError(f"--strategy={name!r} is unknown: use one of {', '.join(STRATEGIES)}.")
+    if name == "multi_worker":
+        # Must come before anything initializes the TensorFlow runtime (listing devices does).
+        if "TF_CONFIG" not in os.environ:
+            raise UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable (cluster and task): set it on every worker.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if num_gpus is not None:
         if num_gpus > len(gpus):
@@ -38,10 +43,6 @@ def get_strategy(name="auto", tpu=None, num_gpus=None):
     if name == "mirrored":
         devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable (cluster and task): set it on every worker.")
-        return tf.distribute.MultiWorkerMirroredStrategy()
     return _tpu_strategy(tpu)
 
 
