@@ -7,7 +7,9 @@
 
 from keras_alexnet.layers import LocalResponseNormalization, TwoColumnConv2D
 from keras_alexnet.model import build, feature_extractor, min_input_size
+from keras_alexnet.export import export_saved_model
 
 __version__ = "0.1.0"
 
 __all__ = ["build", "feature_extractor", "min_input_size", "LocalResponseNormalization", "TwoColumnConv2D"]
+__all__ += ["export_saved_model"]
