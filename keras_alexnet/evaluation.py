@@ -1,0 +1,134 @@
+"""Top-1 and top-5 error over a whole split, exactly, on one device or under a tf.distribute strategy.
+
+The paper reports error rates on the validation set with a single centre view and with ten views
+(§4.1, §6): the four corner and the centre crops and their mirrors, the network's softmax
+averaged over the ten. `evaluate` takes either: images [B, S, S, 3], or [B, 10, S, S, 3] from
+`data.make_dataset(..., crops=10)`, whose probabilities are averaged over the views.
+
+Exactness: every replica sums its own counts (examples, top-1 hits, top-5 hits, loss), the sums
+are added across replicas, and the totals are divided once at the end. Batches from
+make_dataset(training=False) are not padded and not repeated; the last ones are partial, and
+under MirroredStrategy a replica whose input has run out receives an empty batch (tf.distribute
+does this), which adds zero to every count. Nothing is dropped or counted twice.
+"""
+
+import time
+
+import tensorflow as tf
+
+TOP_K = 5
+
+
+def model_probabilities(model):
+    """The softmax of a Keras model's logits, as a function of preprocessed images."""
+
+    def probabilities(images):
+        return tf.nn.softmax(tf.cast(model(images, training=False), tf.float32), axis=-1)
+
+    return probabilities
+
+
+def load_saved_model(path):
+    """Load an export of keras_alexnet.export with TensorFlow alone.
+
+    Returns (probabilities_fn, class_names, image_size); probabilities_fn maps preprocessed
+    float32 images [N, S, S, 3] to probabilities through the `predict_images` signature. Call it
+    under the strategy's scope to place the variables on every replica.
+    """
+    from keras_alexnet import export  # the signature and input names
+
+    if not tf.saved_model.contains_saved_model(path):
+        raise FileNotFoundError(f"{path} is not a SavedModel folder: pass a version folder such as saved_models/alexnet/1.")
+    loaded = tf.saved_model.load(path)
+    if export.IMAGES_SIGNATURE not in loaded.signatures:
+        raise FileNotFoundError(f"{path} has no {export.IMAGES_SIGNATURE!r} signature: export it with scripts/export.py.")
+    signature = loaded.signatures[export.IMAGES_SIGNATURE]
+    metadata = loaded.metadata()
+    class_names = [name.decode() for name in metadata["class_names"].numpy()]
+    image_size = int(metadata["image_size"].numpy())
+
+    def probabilities(images):
+        return signature(**{export.IMAGES_INPUT: images})["probabilities"]
+
+    probabilities.saved_model = loaded  # keeps the variables alive
+    return probabilities, class_names, image_size
+
+
+def batch_counts(probabilities, labels, top_k=TOP_K):
+    """Sums over one batch: [examples, top-1 hits, top-k hits] (int64) and the summed loss
+    -log p(label) (float64). `probabilities`: [B, C]; `labels`: int [B]."""
+    labels = tf.cast(labels, tf.int32)
+    k = min(top_k, probabilities.shape[-1])
+    top = tf.math.top_k(probabilities, k=k).indices
+    hits = tf.equal(top, labels[:, None])
+    top1 = tf.reduce_sum(tf.cast(hits[:, 0], tf.int64))
+    topk = tf.reduce_sum(tf.cast(tf.reduce_any(hits, axis=1), tf.int64))
+    examples = tf.cast(tf.shape(labels)[0], tf.int64)
+    p_label = tf.gather(probabilities, labels, batch_dims=1)
+    loss = tf.reduce_sum(-tf.math.log(tf.maximum(tf.cast(p_label, tf.float64), 1e-30)))
+    return tf.stack([examples, top1, topk]), loss
+
+
+def average_views(probabilities_fn, images):
+    """[B, S, S, 3] -> probabilities [B, C]; [B, V, S, S, 3] -> the mean of the V views' softmax (§4.1)."""
+    if images.shape.rank == 4:
+        return probabilities_fn(images)
+    shape = tf.shape(images)
+    flat = tf.reshape(images, tf.concat([[-1], shape[2:]], axis=0))
+    probabilities = probabilities_fn(flat)
+    views = tf.reshape(probabilities, tf.stack([shape[0], shape[1], tf.shape(probabilities)[-1]]))
+    return tf.reduce_mean(views, axis=1)
+
+
+def evaluate(probabilities_fn, dataset_fn, strategy=None, top_k=TOP_K, log_every=0):
+    """Top-1/top-k accuracy and error of `probabilities_fn` over every example of the dataset.
+
+    Args:
+        probabilities_fn: preprocessed images [N, S, S, 3] -> probabilities [N, C] (see
+            `model_probabilities`, `load_saved_model`); built under `strategy.scope()`.
+        dataset_fn: `input_context -> tf.data.Dataset` of (images, labels), batches of the
+            per-replica size, finite, each example once across all input pipelines
+            (`data.make_dataset(..., training=False, input_context=...)`). Images are
+            [B, S, S, 3], or [B, V, S, S, 3] for V views per example (ten-crop).
+        strategy: a tf.distribute strategy, or None for the default one.
+        top_k: the k of top-k (5, the paper's; min(k, C) for fewer classes).
+        log_every: print progress every this many steps (0: never).
+
+    Returns a dict: num_examples, top1_accuracy, top5_accuracy, top1_error, top5_error (k=5
+    named so whatever the k) and loss (mean -log p(label) of the averaged probabilities),
+    seconds and images_per_sec.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    dataset = strategy.distribute_datasets_from_function(dataset_fn)
+
+    def replica_step(images, labels):
+        return batch_counts(average_views(probabilities_fn, images), labels, top_k)
+
+    @tf.function(reduce_retracing=True)
+    def step(images, labels):
+        counts, loss = strategy.run(replica_step, args=(images, labels))
+        return (strategy.reduce(tf.distribute.ReduceOp.SUM, counts, axis=None),
+                strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None))
+
+    examples = top1 = topk = 0
+    loss = 0.0
+    start = time.perf_counter()
+    for index, (images, labels) in enumerate(dataset, start=1):
+        counts, batch_loss = step(images, labels)
+        n, hits1, hitsk = (int(value) for value in counts.numpy())
+        examples, top1, topk, loss = examples + n, top1 + hits1, topk + hitsk, loss + float(batch_loss)
+        if log_every and index % log_every == 0:
+            print(f"step {index}: {examples} images, top-1 error {(examples - top1) / examples:.4f}", flush=True)
+    seconds = time.perf_counter() - start
+    if examples == 0:
+        raise ValueError("the evaluation dataset is empty.")
+    return {
+        "num_examples": examples,
+        "top1_accuracy": top1 / examples,
+        "top5_accuracy": topk / examples,
+        "top1_error": (examples - top1) / examples,
+        "top5_error": (examples - topk) / examples,
+        "loss": loss / examples,
+        "seconds": seconds,
+        "images_per_sec": examples / seconds,
+    }

@@ -1,0 +1,130 @@
+"""Top-1 and top-5 error of a trained AlexNet over a whole split (§6), with one or ten views (§4.1).
+
+    python scripts/evaluate.py --model_dir runs/alexnet                  # its dataset, validation split
+    python scripts/evaluate.py --model_dir runs/alexnet --crops 10       # the paper's ten-crop test
+    python scripts/evaluate.py --saved_model saved_models/alexnet/1 --dataset tfds:imagenet2012 \
+        --data_dir ~/tensorflow_datasets --batch_size 256 --strategy mirrored
+
+Prints one JSON object (num_examples, top1_error, top5_error, top1_accuracy, top5_accuracy, loss,
+...) and writes it to --output (default with --model_dir: <model_dir>/eval_<split>_<crops>crop.json).
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("model_dir", None, "A training run's directory (config.json and checkpoints/).")
+flags.DEFINE_string("checkpoint", None, "A checkpoint path prefix in --model_dir (default: the newest).")
+flags.DEFINE_string("saved_model", None, "A SavedModel version folder written by scripts/export.py (instead of --model_dir).")
+flags.DEFINE_string("dataset", None, "shapes | synthetic | folder:PATH | tfrecord:GLOB | tfds:NAME (default: the run's).")
+flags.DEFINE_enum("split", "validation", ["validation", "train"], "The split to evaluate.")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the run's).")
+flags.DEFINE_string("manual_dir", None, "TFDS manual_dir (default: the run's).")
+flags.DEFINE_enum("crops", "1", ["1", "10"], "1: the centre view; 10: four corners, centre and their mirrors, softmax averaged (§4.1).")
+flags.DEFINE_integer("batch_size", 64, "Global batch size (examples; ten-crop runs 10 views per example), split over the replicas.")
+flags.DEFINE_enum("strategy", "default", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
+                  "tf.distribute strategy (see scripts/train.py).")
+flags.DEFINE_string("tpu", None, "TPU for --strategy tpu: 'local' on a TPU VM, or a name or grpc:// address.")
+flags.DEFINE_integer("num_gpus", None, "Use only the first N GPUs (default: all).")
+flags.DEFINE_string("output", None, "Write the JSON result here (default with --model_dir: <model_dir>/eval_<split>_<crops>crop.json).")
+flags.DEFINE_integer("log_every", 0, "Print progress every N steps (0: never).")
+
+FLAGS = flags.FLAGS
+
+
+def parse_flags(argv):
+    """absl's parser, but a bad flag is one line on stderr and exit code 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        print(f"error: {error}. See --helpfull.", file=sys.stderr)
+        sys.exit(2)
+
+
+def run():
+    import tensorflow as tf
+
+    from keras_alexnet import checkpoints, data, distribute, evaluation
+    from keras_alexnet.errors import UsageError
+
+    if bool(FLAGS.model_dir) == bool(FLAGS.saved_model):
+        raise UsageError("pass exactly one of --model_dir (a training run) or --saved_model (an export).")
+    if FLAGS.batch_size < 1:
+        raise UsageError(f"--batch_size={FLAGS.batch_size}: use a positive number.")
+    crops = int(FLAGS.crops)
+    config = checkpoints.read_config(FLAGS.model_dir) if FLAGS.model_dir else {}
+    spec = FLAGS.dataset or config.get("dataset")
+    if not spec:
+        raise UsageError("--dataset is needed with --saved_model (e.g. --dataset tfds:imagenet2012).")
+    data_dir = FLAGS.data_dir or config.get("data_dir")
+    manual_dir = FLAGS.manual_dir or config.get("manual_dir")
+
+    strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu, num_gpus=FLAGS.num_gpus)
+    replicas = strategy.num_replicas_in_sync
+    if FLAGS.batch_size % replicas:
+        raise UsageError(f"--batch_size={FLAGS.batch_size} does not split over {replicas} replicas: use a multiple of {replicas}.")
+    with strategy.scope():
+        if FLAGS.model_dir:
+            model, config = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint)
+            probabilities = evaluation.model_probabilities(model)
+            class_names, image_size = config.get("class_names"), int(config["image_size"])
+            num_classes = int(config["num_classes"])
+        else:
+            probabilities, class_names, image_size = evaluation.load_saved_model(FLAGS.saved_model)
+            num_classes = len(class_names)
+
+    info = data.dataset_info(spec, data_dir=data_dir, manual_dir=manual_dir)
+    if info.num_classes != num_classes:
+        raise UsageError(f"--dataset={spec} has {info.num_classes} classes but the model has {num_classes}: "
+                         "evaluate on the dataset the model was trained on.")
+    if class_names and list(info.class_names) != list(class_names):
+        print("warning: the dataset's class names differ from the model's; labels are compared by index.", file=sys.stderr)
+
+    def dataset_fn(input_context):
+        return data.make_dataset(
+            spec, FLAGS.split, image_size=image_size,
+            batch_size=input_context.get_per_replica_batch_size(FLAGS.batch_size),
+            training=False, input_context=input_context, data_dir=data_dir, manual_dir=manual_dir, crops=crops,
+        )
+
+    result = evaluation.evaluate(probabilities, dataset_fn, strategy=strategy, log_every=FLAGS.log_every)
+    expected = info.num_examples.get(FLAGS.split)
+    if expected is not None and expected != result["num_examples"]:
+        # Undecodable images are skipped by the input pipeline: say so rather than hide it.
+        print(f"warning: evaluated {result['num_examples']} of the split's {expected} examples.", file=sys.stderr)
+    result = {
+        **result,
+        "crops": crops,
+        "dataset": spec,
+        "split": FLAGS.split,
+        "model": os.path.abspath(FLAGS.model_dir or FLAGS.saved_model),
+        "checkpoint": (FLAGS.checkpoint or checkpoints.latest_checkpoint(FLAGS.model_dir)) if FLAGS.model_dir else None,
+        "image_size": image_size,
+        "replicas": replicas,
+    }
+    output = FLAGS.output or (os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}_{crops}crop.json") if FLAGS.model_dir else None)
+    if output:
+        tf.io.gfile.makedirs(os.path.dirname(os.path.abspath(output)))
+        with tf.io.gfile.GFile(output, "w") as f:
+            f.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(result, sort_keys=True))
+    return result
+
+
+def main(argv):
+    if len(argv) > 1:
+        print(f"error: unexpected arguments {argv[1:]}: flags are --name=value.", file=sys.stderr)
+        sys.exit(2)
+    from keras_alexnet.errors import UsageError
+
+    try:
+        run()
+    except (UsageError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,98 @@
+"""Print the top-5 classes of images, with a SavedModel export or a training run's checkpoint.
+
+    python scripts/predict.py cat.jpg dog.png --saved_model saved_models/alexnet/1
+    python scripts/predict.py photos/*.jpg --model_dir runs/alexnet
+
+Both paths run the same function (`export.ServingModule.serve_image_bytes`: decode, centre view,
+softmax), so they print the same numbers. A file that cannot be read or is not an image gets a
+one-line error on stderr and the other images are still answered; the exit code is then 1.
+"""
+
+import sys
+
+from absl import app, flags
+
+flags.DEFINE_string("saved_model", None, "A SavedModel version folder written by scripts/export.py.")
+flags.DEFINE_string("model_dir", None, "A training run's directory (config.json and checkpoints/).")
+flags.DEFINE_string("checkpoint", None, "A checkpoint path prefix in --model_dir (default: the newest).")
+
+FLAGS = flags.FLAGS
+
+
+def parse_flags(argv):
+    """absl's parser, but a bad flag is one line on stderr and exit code 2."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        print(f"error: {error}. See --helpfull.", file=sys.stderr)
+        sys.exit(2)
+
+
+def load_predictor():
+    """image bytes -> dict of top_k_labels and top_k_scores, from --saved_model or --model_dir."""
+    import tensorflow as tf
+
+    from keras_alexnet import checkpoints, export
+    from keras_alexnet.errors import UsageError
+
+    if bool(FLAGS.saved_model) == bool(FLAGS.model_dir):
+        raise UsageError("pass exactly one of --saved_model (an export) or --model_dir (a training run).")
+    if FLAGS.saved_model:
+        if not tf.saved_model.contains_saved_model(FLAGS.saved_model):
+            raise FileNotFoundError(f"{FLAGS.saved_model} is not a SavedModel folder: pass a version folder such as saved_models/alexnet/1.")
+        signature = tf.saved_model.load(FLAGS.saved_model).signatures[export.SERVING_SIGNATURE]
+        return lambda image_bytes: signature(**{export.IMAGE_BYTES_INPUT: image_bytes})
+    model, config = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint)
+    class_names = config.get("class_names") or [str(i) for i in range(int(config["num_classes"]))]
+    return export.ServingModule(model, class_names, int(config["image_size"])).serve_image_bytes
+
+
+def error_line(error):
+    """The one informative line of a TensorFlow op error (no node names, no stack)."""
+    for line in error.message.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("Graph execution error", "Detected at node", "<stack traces", "[[")):
+            continue
+        return line.removeprefix("assertion failed: [").removesuffix("]").replace("image_bytes[0] ", "")
+    return type(error).__name__
+
+
+def main(argv):
+    paths = argv[1:]
+    from keras_alexnet.errors import UsageError
+
+    if not paths:
+        print("error: name one or more image files: predict.py IMAGE ... --saved_model PATH", file=sys.stderr)
+        sys.exit(2)
+    try:
+        predict = load_predictor()
+    except (UsageError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+    import tensorflow as tf
+
+    failed = 0
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                image_bytes = f.read()
+            outputs = predict(tf.constant([image_bytes]))
+        except OSError as error:
+            print(f"error: {path}: {error.strerror or error}", file=sys.stderr)
+            failed += 1
+            continue
+        except tf.errors.InvalidArgumentError as error:
+            print(f"error: {path}: {error_line(error)}", file=sys.stderr)
+            failed += 1
+            continue
+        print(path)
+        labels = outputs["top_k_labels"].numpy()[0]
+        scores = outputs["top_k_scores"].numpy()[0]
+        for rank, (label, score) in enumerate(zip(labels, scores), start=1):
+            print(f"  {rank}. {score:.4f}  {label.decode()}")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_alexnet
+from keras_alexnet import evaluation
+
+SIZE = 67
+CLASSES = 6
+
+
+def mirrored():
+    return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+
+
+def fixed_probabilities(table):
+    """A 'model' whose probabilities are table[image id]; the id is pixel [0, 0, 0] of the image."""
+    table = tf.constant(table, tf.float32)
+
+    def probabilities(images):
+        ids = tf.cast(images[:, 0, 0, 0], tf.int32)
+        return tf.gather(table, ids)
+
+    return probabilities
+
+
+def id_images(ids, size=4):
+    return np.tile(np.asarray(ids, np.float32)[:, None, None, None], (1, size, size, 3))
+
+
+def dataset_fn_of(images, labels, global_batch):
+    def dataset_fn(input_context):
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        dataset = dataset.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        return dataset.batch(input_context.get_per_replica_batch_size(global_batch))
+
+    return dataset_fn
+
+
+def expected_metrics(probabilities, labels, k=5):
+    order = np.argsort(-probabilities, axis=1, kind="stable")
+    top1 = (order[:, 0] == labels).mean()
+    topk = (order[:, :k] == labels[:, None]).any(axis=1).mean()
+    loss = -np.log(probabilities[np.arange(len(labels)), labels]).mean()
+    return top1, topk, loss
+
+
+@pytest.mark.parametrize("use_strategy", [False, True])
+@pytest.mark.parametrize("num_examples,global_batch", [(13, 4), (5, 4), (1, 4), (8, 8), (3, 2)])
+def test_every_example_counted_once(use_strategy, num_examples, global_batch):
+    rng = np.random.default_rng(num_examples)
+    table = rng.dirichlet(np.ones(CLASSES), size=num_examples)
+    labels = rng.integers(0, CLASSES, size=num_examples).astype(np.int32)
+    strategy = mirrored() if use_strategy else None
+    result = evaluation.evaluate(fixed_probabilities(table), dataset_fn_of(id_images(np.arange(num_examples)), labels, global_batch),
+                                 strategy=strategy)
+    top1, top5, loss = expected_metrics(table, labels)
+    assert result["num_examples"] == num_examples
+    assert result["top1_accuracy"] == pytest.approx(top1, abs=1e-12)
+    assert result["top5_accuracy"] == pytest.approx(top5, abs=1e-12)
+    assert result["top1_error"] == pytest.approx(1 - top1, abs=1e-12)
+    assert result["top5_error"] == pytest.approx(1 - top5, abs=1e-12)
+    assert result["loss"] == pytest.approx(loss, rel=1e-6)
+
+
+def test_replicas_see_uneven_batches_and_none_is_lost():
+    # 5 examples, 2 replicas, 2 per replica: steps of [2, 2] and [1, 0] examples.
+    seen = []
+
+    def probabilities(images):
+        seen.append(None)  # traced per replica
+        return tf.one_hot(tf.cast(images[:, 0, 0, 0], tf.int32) % CLASSES, CLASSES)
+
+    labels = np.arange(5, dtype=np.int32) % CLASSES
+    result = evaluation.evaluate(probabilities, dataset_fn_of(id_images(np.arange(5)), labels, 4), strategy=mirrored())
+    assert result["num_examples"] == 5 and result["top1_error"] == 0.0
+    assert len(seen) >= 2  # both replicas ran the model
+
+
+def test_exact_fractions():
+    # 3 of 7 right at top-1: the error is exactly 4/7, not 1 - 3/7 rounded differently.
+    table = np.eye(CLASSES)[[0, 1, 2, 0, 0, 0, 0]] * 0.9 + 0.1 / CLASSES
+    labels = np.array([0, 1, 2, 3, 3, 3, 3], np.int32)
+    result = evaluation.evaluate(fixed_probabilities(table), dataset_fn_of(id_images(np.arange(7)), labels, 3))
+    assert result["top1_error"] == 4 / 7 and result["top1_accuracy"] == 3 / 7
+
+
+def test_top5_with_fewer_than_five_classes_is_top_all():
+    table = np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    labels = np.array([0, 2], np.int32)
+    result = evaluation.evaluate(fixed_probabilities(table), dataset_fn_of(id_images([0, 1]), labels, 2))
+    assert result["top1_error"] == 1.0 and result["top5_error"] == 0.0
+
+
+def test_ties_count_once_in_top_k():
+    # Seven classes all equal: top-5 holds five of them (the lowest indices), not all seven.
+    table = np.full((2, 7), 1 / 7)
+    labels = np.array([0, 6], np.int32)
+    result = evaluation.evaluate(fixed_probabilities(table), dataset_fn_of(id_images([0, 1]), labels, 2))
+    assert result["top5_accuracy"] == 0.5 and result["top1_accuracy"] == 0.5
+
+
+def test_ten_crop_averages_the_softmax_of_the_views():
+    # Views carry their own id: view v of example i has id 10*i + v.
+    rng = np.random.default_rng(0)
+    num_examples = 5
+    table = rng.dirichlet(np.ones(CLASSES) * 0.3, size=num_examples * 10)
+    ids = np.arange(num_examples * 10).reshape(num_examples, 10)
+    images = np.stack([id_images(row) for row in ids])  # [N, 10, 4, 4, 3]
+    labels = rng.integers(0, CLASSES, size=num_examples).astype(np.int32)
+    averaged = table.reshape(num_examples, 10, CLASSES).mean(axis=1)
+    top1, top5, loss = expected_metrics(averaged, labels)
+    for strategy in (None, mirrored()):
+        result = evaluation.evaluate(fixed_probabilities(table), dataset_fn_of(images, labels, 2), strategy=strategy)
+        assert result["num_examples"] == num_examples
+        assert result["top1_accuracy"] == pytest.approx(top1) and result["top5_accuracy"] == pytest.approx(top5)
+        assert result["loss"] == pytest.approx(loss, rel=1e-6)
+    # Averaging the views differs from scoring the centre view (view 4) alone.
+    assert not np.allclose(expected_metrics(table[4::10], labels)[2], loss)
+
+
+def test_keras_model_and_saved_model_give_the_same_result(tmp_path):
+    model = keras_alexnet.build(num_classes=CLASSES, input_shape=(SIZE, SIZE, 3), seed=0)
+    path = keras_alexnet.export_saved_model(model, tmp_path / "alexnet", class_names=[f"c{i}" for i in range(CLASSES)])
+    rng = np.random.default_rng(1)
+    images = rng.normal(scale=60.0, size=(6, SIZE, SIZE, 3)).astype(np.float32)
+    labels = rng.integers(0, CLASSES, size=6).astype(np.int32)
+    dataset_fn = dataset_fn_of(images, labels, 4)
+    from_keras = evaluation.evaluate(evaluation.model_probabilities(model), dataset_fn)
+    strategy = mirrored()
+    with strategy.scope():
+        probabilities, class_names, image_size = evaluation.load_saved_model(path)
+    from_export = evaluation.evaluate(probabilities, dataset_fn, strategy=strategy)
+    assert class_names == [f"c{i}" for i in range(CLASSES)] and image_size == SIZE
+    expected = expected_metrics(tf.nn.softmax(model(images, training=False)).numpy(), labels)
+    for result in (from_keras, from_export):
+        assert result["num_examples"] == 6
+        assert result["top1_accuracy"] == pytest.approx(expected[0]) and result["top5_accuracy"] == pytest.approx(expected[1])
+        assert result["loss"] == pytest.approx(expected[2], rel=1e-5)
+
+
+def test_load_saved_model_rejects_other_folders(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a SavedModel"):
+        evaluation.load_saved_model(str(tmp_path))
+
+
+def test_empty_dataset_is_an_error():
+    with pytest.raises(ValueError, match="empty"):
+        evaluation.evaluate(fixed_probabilities(np.eye(3)), dataset_fn_of(id_images([]), np.zeros([0], np.int32), 2))
