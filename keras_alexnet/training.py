@@ -289,7 +289,8 @@ def _dataset_fn(config, split, training, seed):
 def train(config, strategy=None, stream=None):
     """Train, evaluate after every epoch, checkpoint, and export at the end.
 
-    Returns a dict with the final held-out metrics, the step reached and the export path.
+    Returns a dict with the final held-out metrics (val_top1, val_top5, val_loss, val_examples),
+    the step reached, the export path (chief only) and the trained Keras model ("model").
     Raises UsageError for bad input (before any work), TrainingDiverged on a NaN loss and
     Preempted after SIGTERM (both after keeping the last good checkpoint).
     """
@@ -403,6 +404,7 @@ def train(config, strategy=None, stream=None):
     if chief and config.export_dir:
         result["export_path"] = _export(trainer.model, config, info)
         say(f"exported SavedModel to {result['export_path']}")
+    result["model"] = trainer.model
     return result
 
 
