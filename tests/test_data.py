@@ -1,0 +1,340 @@
+"""Tests for keras_alexnet.data: every source on data the test makes, sharding, determinism,
+bad input, the tf.data service."""
+
+import io
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_alexnet import augment, data
+from keras_alexnet.errors import UsageError
+
+MEAN = np.array(augment.IMAGENET_MEAN_RGB, np.float32)
+SMALL_SHAPES = "shapes:train=40,validation=23,size=32"
+
+
+def _encode(array, fmt="JPEG", mode=None):
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, quality=95)
+    return buffer.getvalue()
+
+
+def _grey(k, shape=(30, 40)):
+    """A solid image whose grey level encodes the example number k (read back by _ids)."""
+    return np.full(shape + (3,), 20 + 10 * k, np.uint8)
+
+
+def _ids(images):
+    """Example numbers from centre views of _grey images."""
+    values = images.numpy().mean(axis=tuple(range(1, images.ndim))) + MEAN.mean()
+    return [int(round((v - 20) / 10)) for v in values]
+
+
+def _collect(dataset):
+    ids, labels = [], []
+    for images, batch_labels in dataset:
+        ids += _ids(images)
+        labels += batch_labels.numpy().tolist()
+    return ids, labels
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """3 classes (names not in creation order), JPEG and PNG, 8 train and 5 val images."""
+    root = tmp_path / "images"
+    k = 0
+    layout = {"train": {"zebra": 3, "apple": 3, "mango": 2}, "val": {"zebra": 2, "apple": 2, "mango": 1}}
+    expected = {}
+    for split, classes in layout.items():
+        for name, count in classes.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                fmt, ext = (("PNG", "png") if i % 2 else ("JPEG", "jpg"))
+                (root / split / name / f"{i}.{ext}").write_bytes(_encode(_grey(k), fmt))
+                expected[k] = ["apple", "mango", "zebra"].index(name)
+                k += 1
+    return root, expected
+
+
+def _write_tfrecords(path, examples, num_files):
+    """examples: list of (image bytes, label as stored); round-robin over num_files files."""
+    writers = [tf.io.TFRecordWriter(str(path / f"{split}-{i:05d}-of-{num_files:05d}"))
+               for split in ("train", "validation") for i in range(num_files)]
+    for index, (image, label) in enumerate(examples):
+        feature = {
+            "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+            "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        }
+        record = tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+        writers[index % num_files].write(record)              # train
+        writers[num_files + index % num_files].write(record)  # validation
+    for writer in writers:
+        writer.close()
+
+
+@pytest.fixture(autouse=True)
+def clean_bad_image_log():
+    data.BAD_IMAGES.reset()
+    yield
+    data.BAD_IMAGES.reset()
+
+
+# ----------------------------------------------------------------------------- shapes, synthetic
+
+
+def test_shapes_training_batches():
+    dataset = data.make_dataset(SMALL_SHAPES, "train", image_size=67, batch_size=16, training=True, seed=1)
+    batches = list(dataset.take(6))  # 96 > 40: it repeats
+    images, labels = batches[0]
+    assert images.shape == (16, 67, 67, 3) and images.dtype == tf.float32
+    assert labels.shape == (16,) and labels.dtype == tf.int32
+    assert all(b[0].shape[0] == 16 for b in batches)
+    assert set(np.concatenate([b[1].numpy() for b in batches])) <= set(range(10))
+
+
+@pytest.mark.parametrize("crops", [1, 10])
+def test_shapes_evaluation_sees_every_example_once(crops):
+    dataset = data.make_dataset(SMALL_SHAPES, "validation", image_size=67, batch_size=10, training=False, crops=crops)
+    batches = list(dataset)
+    assert [len(b[1]) for b in batches] == [10, 10, 3]
+    assert batches[0][0].shape == ((10, 67, 67, 3) if crops == 1 else (10, 10, 67, 67, 3))
+    _, labels = data.shapes.encoded_split(data.shapes.parse_spec(SMALL_SHAPES), "validation")
+    np.testing.assert_array_equal(np.concatenate([b[1].numpy() for b in batches]), labels)
+
+
+def test_dataset_info_shapes_and_synthetic():
+    info = data.dataset_info("shapes")
+    assert info.num_classes == 10 and info.class_names[0] == "circle"
+    assert info.num_examples == {"train": 4000, "validation": 1000}
+    info = data.dataset_info("synthetic:num_classes=5")
+    assert info.num_classes == 5 and info.num_examples["validation"] == 50_000
+
+
+def test_synthetic():
+    images, labels = next(iter(data.make_dataset("synthetic", "train", image_size=67, batch_size=4, training=True)))
+    assert images.shape == (4, 67, 67, 3) and labels.shape == (4,) and labels.dtype == tf.int32
+    dataset = data.make_dataset("synthetic", "validation", image_size=67, batch_size=1000, training=False,
+                                input_context=tf.distribute.InputContext(2, 1, 1))
+    assert sum(len(labels) for _, labels in dataset) == 25_000
+
+
+def test_same_seed_same_batches_other_seed_other_batches():
+    def first_batches(seed):
+        dataset = data.make_dataset(SMALL_SHAPES, "train", image_size=67, batch_size=8, training=True,
+                                    seed=seed, deterministic=True)
+        return [b[0].numpy() for b in dataset.take(3)]
+
+    a, b, c = first_batches(5), first_batches(5), first_batches(6)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, atol=1e-4)
+    assert np.abs(a[0] - c[0]).max() > 1.0
+
+
+def test_mean_image(tmp_path):
+    mean_image = data.compute_mean_image(SMALL_SHAPES, 67, num_images=30, batch_size=16)
+    assert mean_image.shape == (67, 67, 3) and mean_image.dtype == np.float32
+    assert 20 < mean_image.mean() < 235
+    dataset = data.make_dataset(SMALL_SHAPES, "validation", image_size=67, batch_size=23, training=False,
+                                mean_image=mean_image)
+    images, _ = next(iter(dataset))
+    # With the per-pixel mean of (nearly) the same distribution, the batch mean is close to 0.
+    assert abs(float(tf.reduce_mean(images))) < 15
+
+
+# ----------------------------------------------------------------------------- folder
+
+
+def test_folder_info_and_evaluation(image_folder):
+    root, expected = image_folder
+    info = data.dataset_info(f"folder:{root}")
+    assert info.class_names == ["apple", "mango", "zebra"]
+    assert info.num_examples == {"train": 8, "validation": 5}
+    ids, labels = _collect(data.make_dataset(f"folder:{root}", "validation", image_size=67, batch_size=2,
+                                             training=False, deterministic=True))
+    assert sorted(ids) == list(range(8, 13))
+    assert labels == [expected[k] for k in ids]
+
+
+def test_folder_training_labels_match_images(image_folder):
+    root, expected = image_folder
+    dataset = data.make_dataset(f"folder:{root}", "train", image_size=67, batch_size=4, training=True, seed=3,
+                                augmentation="none")
+    ids, labels = _collect(dataset.take(6))
+    assert set(ids) == set(range(8))
+    assert labels == [expected[k] for k in ids]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_two_input_pipelines_read_disjoint_files(image_folder, training):
+    root, _ = image_folder
+    seen = []
+    for pipeline in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline, num_replicas_in_sync=2)
+        dataset = data.make_dataset(f"folder:{root}", "train", image_size=67, batch_size=2, training=training,
+                                    input_context=context, seed=1, augmentation="none")
+        ids, _ = _collect(dataset.take(8) if training else dataset)
+        seen.append(set(ids))
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == set(range(8))
+
+
+# ----------------------------------------------------------------------------- tfrecord
+
+
+@pytest.mark.parametrize("num_files", [1, 3])
+def test_tfrecord_labels_offset_and_sharding(tmp_path, num_files):
+    examples = [(_encode(_grey(k)), 1 + k % 4) for k in range(10)]  # labels stored 1..4
+    _write_tfrecords(tmp_path, examples, num_files)
+    spec = f"tfrecord:{tmp_path}?num_classes=4"
+    info = data.dataset_info(spec)
+    assert info.num_classes == 4 and info.num_examples == {"train": 10, "validation": 10}
+    seen = []
+    for pipeline in range(2):
+        context = tf.distribute.InputContext(2, pipeline, 2)
+        ids, labels = _collect(data.make_dataset(spec, "validation", image_size=67, batch_size=3, training=False,
+                                                 input_context=context))
+        assert labels == [k % 4 for k in ids]  # the offset of 1 removed
+        seen.append(set(ids))
+    assert not seen[0] & seen[1] and seen[0] | seen[1] == set(range(10))
+    images, labels = next(iter(data.make_dataset(spec, "train", image_size=67, batch_size=5, training=True)))
+    assert images.shape == (5, 67, 67, 3)
+
+
+def test_tfrecord_pattern_with_split_and_label_offset_zero(tmp_path):
+    _write_tfrecords(tmp_path, [(_encode(_grey(k)), k % 3) for k in range(6)], 1)
+    spec = f"tfrecord:{tmp_path}/{{split}}-*?label_offset=0&num_classes=3"
+    ids, labels = _collect(data.make_dataset(spec, "validation", image_size=67, batch_size=6, training=False))
+    assert labels == [k % 3 for k in ids]
+    assert data.dataset_info(f"tfrecord:{tmp_path}").class_names[:2] == ["n01440764", "n01443537"]
+
+
+def test_tfrecord_out_of_range_labels_are_skipped_and_counted(tmp_path):
+    # ImageNet TFRecords label 1..1000; reading them with offset 0 must not pass 1000 silently.
+    _write_tfrecords(tmp_path, [(_encode(_grey(k)), k) for k in range(4)], 1)
+    spec = f"tfrecord:{tmp_path}?num_classes=3"  # stored labels 0..3, offset 1: 0 -> -1 is bad
+    ids, labels = _collect(data.make_dataset(spec, "validation", image_size=67, batch_size=4, training=False))
+    assert sorted(ids) == [1, 2, 3] and labels == [k - 1 for k in ids]
+    assert data.BAD_IMAGES.count == 1
+
+
+# ----------------------------------------------------------------------------- tfds
+
+
+def test_tfds_mock_imagenet():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        info = data.dataset_info("tfds:imagenet2012")
+        assert info.num_classes == 1000 and info.class_names[0] == "n01440764"
+        assert info.num_examples["validation"] == 12
+        images, labels = next(iter(data.make_dataset("tfds:imagenet2012", "train", image_size=67, batch_size=4,
+                                                     training=True, seed=0)))
+        assert images.shape == (4, 67, 67, 3) and labels.dtype == tf.int32
+        total = sum(len(b[1]) for b in data.make_dataset("tfds:imagenet2012", "validation", image_size=67,
+                                                         batch_size=5, training=False))
+        assert total == 12
+
+
+def test_tfds_not_prepared_is_a_one_line_error(tmp_path):
+    with pytest.raises(UsageError, match=r"not prepared.*tfds build mnist") as error:
+        data.make_dataset("tfds:mnist", "train", image_size=67, batch_size=4, training=True, data_dir=str(tmp_path))
+    assert "\n" not in str(error.value)
+    with pytest.raises(UsageError, match="unknown TFDS dataset"):
+        data.dataset_info("tfds:no_such_dataset_xyz", data_dir=str(tmp_path))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def bad_folder(tmp_path):
+    root = tmp_path / "bad"
+    good, bad = root / "train" / "good", root / "train" / "bad"
+    good.mkdir(parents=True)
+    bad.mkdir(parents=True)
+    (good / "0.jpg").write_bytes(_encode(_grey(0)))
+    (good / "1_png_named.jpg").write_bytes(_encode(_grey(1), "PNG"))
+    (good / "2_cmyk.jpg").write_bytes(_encode(_grey(2), "JPEG", "CMYK"))
+    (good / "3_gray.jpg").write_bytes(_encode(_grey(3), "JPEG", "L"))
+    truncated = _encode(np.random.default_rng(0).integers(0, 255, (60, 60, 3), dtype=np.uint8))
+    (bad / "truncated.jpg").write_bytes(truncated[: len(truncated) // 3])
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "notes.txt").write_bytes(b"not an image")
+    return root
+
+
+def test_bad_images_are_decoded_or_skipped_counted_and_warned_once(bad_folder, caplog):
+    caplog.set_level(logging.WARNING)
+    dataset = data.make_dataset(f"folder:{bad_folder}", "train", image_size=67, batch_size=3, training=False)
+    ids, labels = _collect(dataset)
+    assert sorted(ids) == [0, 1, 2, 3]           # PNG named .jpg, CMYK and grayscale decode
+    assert set(labels) == {1}                    # all from "good" (classes: bad=0, good=1)
+    assert data.BAD_IMAGES.count == 3
+    assert sorted(os.path.basename(n) for n in data.BAD_IMAGES.first_names) == ["empty.jpg", "notes.txt", "truncated.jpg"]
+    warnings = [r for r in caplog.records if "could not be read or decoded" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "3 undecodable images skipped" in data.BAD_IMAGES.summary()
+
+
+def test_bad_images_never_stop_training(bad_folder):
+    dataset = data.make_dataset(f"folder:{bad_folder}", "train", image_size=67, batch_size=4, training=True, seed=0)
+    for images, _ in dataset.take(5):
+        assert images.shape == (4, 67, 67, 3)
+    assert data.BAD_IMAGES.count >= 5  # empty and non-image files fail every epoch
+
+
+def test_user_errors_are_one_line_and_name_the_path(tmp_path):
+    cases = {
+        f"folder:{tmp_path}/missing": "does not exist",
+        f"folder:{tmp_path}": "no train/ or val/ folder",
+        "imagenet": "unknown dataset",
+        "folder:": "unknown dataset",
+        f"tfrecord:{tmp_path}/*.tfrecord": "{split}",
+        f"tfrecord:{tmp_path}": "no TFRecord files match",
+    }
+    for spec, message in cases.items():
+        with pytest.raises(UsageError, match=message.replace("{", r"\{").replace("}", r"\}")) as error:
+            data.make_dataset(spec, "train", image_size=67, batch_size=2, training=True)
+        assert "\n" not in str(error.value)
+    (tmp_path / "train" / "empty_class").mkdir(parents=True)
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "train" / "cat" / "0.jpg").write_bytes(_encode(_grey(0)))
+    with pytest.raises(UsageError, match=f"class folder {tmp_path}/train/empty_class has no images"):
+        data.dataset_info(f"folder:{tmp_path}")
+    (tmp_path / "train" / "empty_class" / "readme.txt").write_text("x")
+    with pytest.raises(UsageError, match="empty_class has no images"):
+        data.make_dataset(f"folder:{tmp_path}", "train", image_size=67, batch_size=2, training=True)
+    with pytest.raises(UsageError, match="split"):
+        data.make_dataset("shapes", "test", image_size=67, batch_size=2, training=False)
+    with pytest.raises(UsageError, match="augmentation"):
+        data.make_dataset("shapes", "train", image_size=67, batch_size=2, training=True, augmentation="mixup")
+
+
+# ----------------------------------------------------------------------------- tf.data service
+
+
+def test_tf_data_service_on_localhost():
+    dispatcher = tf.data.experimental.service.DispatchServer()
+    worker = tf.data.experimental.service.WorkerServer(
+        tf.data.experimental.service.WorkerConfig(dispatcher_address=dispatcher.target.split("://")[1]))
+    try:
+        dataset = data.make_dataset(SMALL_SHAPES, "validation", image_size=67, batch_size=8, training=False,
+                                    data_service=dispatcher.target)
+        labels = np.concatenate([b[1].numpy() for b in dataset])
+        _, expected = data.shapes.encoded_split(data.shapes.parse_spec(SMALL_SHAPES), "validation")
+        np.testing.assert_array_equal(np.sort(labels), np.sort(expected))  # every example once
+        dataset = data.make_dataset(SMALL_SHAPES, "train", image_size=67, batch_size=8, training=True,
+                                    data_service=dispatcher.target)
+        assert [b[0].shape for b in dataset.take(2)] == [(8, 67, 67, 3)] * 2
+    finally:
+        worker.stop()
+        dispatcher.stop()
+    with pytest.raises(UsageError, match="grpc://host:port"):
+        data.make_dataset(SMALL_SHAPES, "train", image_size=67, batch_size=8, training=True, data_service="localhost")
