@@ -49,10 +49,6 @@ def run():
     from keras_alexnet import checkpoints, data, distribute, evaluation
     from keras_alexnet.errors import UsageError
 
-    if bool(FLAGS.model_dir) == bool(FLAGS.saved_model):
-        raise UsageError("pass exactly one of --model_dir (a training run) or --saved_model (an export).")
-    if FLAGS.batch_size < 1:
-        raise UsageError(f"--batch_size={FLAGS.batch_size}: use a positive number.")
     crops = int(FLAGS.crops)
     config = checkpoints.read_config(FLAGS.model_dir) if FLAGS.model_dir else {}
     spec = FLAGS.dataset or config.get("dataset")
@@ -116,6 +112,13 @@ def run():
 def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}: flags are --name=value.", file=sys.stderr)
+        sys.exit(2)
+    # Checked before TensorFlow is imported, so a wrong command line answers at once.
+    if bool(FLAGS.model_dir) == bool(FLAGS.saved_model):
+        print("error: pass exactly one of --model_dir (a training run) or --saved_model (an export).", file=sys.stderr)
+        sys.exit(2)
+    if FLAGS.batch_size < 1:
+        print(f"error: --batch_size={FLAGS.batch_size}: use a positive number.", file=sys.stderr)
         sys.exit(2)
     from keras_alexnet.errors import UsageError
 

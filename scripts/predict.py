@@ -33,10 +33,7 @@ def load_predictor():
     import tensorflow as tf
 
     from keras_alexnet import checkpoints, export
-    from keras_alexnet.errors import UsageError
 
-    if bool(FLAGS.saved_model) == bool(FLAGS.model_dir):
-        raise UsageError("pass exactly one of --saved_model (an export) or --model_dir (a training run).")
     if FLAGS.saved_model:
         if not tf.saved_model.contains_saved_model(FLAGS.saved_model):
             raise FileNotFoundError(f"{FLAGS.saved_model} is not a SavedModel folder: pass a version folder such as saved_models/alexnet/1.")
@@ -48,22 +45,24 @@ def load_predictor():
 
 
 def error_line(error):
-    """The one informative line of a TensorFlow op error (no node names, no stack)."""
-    for line in error.message.splitlines():
-        line = line.strip()
-        if not line or line.startswith(("Graph execution error", "Detected at node", "<stack traces", "[[")):
-            continue
-        return line.removeprefix("assertion failed: [").removesuffix("]").replace("image_bytes[0] ", "")
-    return type(error).__name__
+    """The op's own message in a TensorFlow error: the line before the "[[{{node ...}}]]" line
+    (the lines above it are Python's "Graph execution error" preamble and a stack)."""
+    lines = [line.strip() for line in error.message.splitlines() if line.strip()]
+    node = next((i for i, line in enumerate(lines) if line.startswith("[[")), len(lines))
+    message = lines[node - 1] if node > 0 else type(error).__name__
+    return message.removeprefix("assertion failed: [").removesuffix("]").replace("image_bytes[0] is ", "")
 
 
 def main(argv):
     paths = argv[1:]
-    from keras_alexnet.errors import UsageError
-
     if not paths:
         print("error: name one or more image files: predict.py IMAGE ... --saved_model PATH", file=sys.stderr)
         sys.exit(2)
+    if bool(FLAGS.saved_model) == bool(FLAGS.model_dir):
+        print("error: pass exactly one of --saved_model (an export) or --model_dir (a training run).", file=sys.stderr)
+        sys.exit(2)
+    from keras_alexnet.errors import UsageError
+
     try:
         predict = load_predictor()
     except (UsageError, FileNotFoundError) as error:

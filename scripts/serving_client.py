@@ -18,13 +18,17 @@ import urllib.request
 
 from absl import app, flags
 
-flags.DEFINE_enum("protocol", "rest", ["rest", "grpc"], "rest: JSON over HTTP (port 8501); grpc: PredictionService (port 8500).")
-flags.DEFINE_string("server", "http://localhost:8501", "REST endpoint of the model server.")
-flags.DEFINE_string("grpc_target", "localhost:8500", "gRPC host:port of the model server.")
-flags.DEFINE_string("model", "alexnet", "Model name in the server's models.config (or MODEL_NAME).")
-flags.DEFINE_integer("version", None, "Model version (default: the server's latest).")
-flags.DEFINE_string("signature", "serving_default", "Signature taking encoded images as `image_bytes`.")
-flags.DEFINE_float("timeout", 30.0, "Seconds to wait for each response.")
+
+def define_flags():
+    """The flags, defined only when run as a script (tests import the request builders)."""
+    flags.DEFINE_enum("protocol", "rest", ["rest", "grpc"], "rest: JSON over HTTP (port 8501); grpc: PredictionService (port 8500).")
+    flags.DEFINE_string("server", "http://localhost:8501", "REST endpoint of the model server.")
+    flags.DEFINE_string("grpc_target", "localhost:8500", "gRPC host:port of the model server.")
+    flags.DEFINE_string("model", "alexnet", "Model name in the server's models.config (or MODEL_NAME).")
+    flags.DEFINE_integer("version", None, "Model version (default: the server's latest).")
+    flags.DEFINE_string("signature", "serving_default", "Signature taking encoded images as `image_bytes`.")
+    flags.DEFINE_float("timeout", 30.0, "Seconds to wait for each response.")
+
 
 FLAGS = flags.FLAGS
 
@@ -164,4 +168,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, flags_parser=parse_flags)

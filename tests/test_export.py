@@ -57,12 +57,35 @@ def test_layout_and_version_numbers(exported, tmp_path):
     (base2 / "3").mkdir(parents=True)
     (base2 / "notes").mkdir()
     assert export.export_saved_model(model, base2, class_names=CLASSES) == str(base2 / "4")
-    assert export.export_saved_model(model, base2, class_names=CLASSES, version=10) == str(base2 / "10")
     with pytest.raises(UsageError, match="never overwritten"):
         export.export_saved_model(model, base2, class_names=CLASSES, version=4)
     # Nothing half-written is left behind, and version 4 is intact.
-    assert sorted(os.listdir(base2)) == ["10", "3", "4", "notes"]
+    assert sorted(os.listdir(base2)) == ["3", "4", "notes"]
     assert os.path.isfile(base2 / "4" / "saved_model.pb")
+    # (An explicit free version is written in test_custom_warmup_images_and_model_name.)
+
+
+def test_a_version_taken_meanwhile_is_not_overwritten(tmp_path, monkeypatch):
+    # Another export renamed its version 1 into place after this one listed the folder.
+    staging = tmp_path / ".tmp-export-x"
+    staging.mkdir()
+    (staging / "saved_model.pb").write_bytes(b"second")
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "saved_model.pb").write_bytes(b"first")
+    listings = []
+    real_listing = export.existing_versions
+
+    def stale_then_real(base):
+        listings.append(base)
+        return [] if len(listings) == 1 else real_listing(base)
+
+    monkeypatch.setattr(export, "existing_versions", stale_then_real)
+    assert export._move_into_place(str(staging), str(tmp_path), None) == str(tmp_path / "2")
+    assert (tmp_path / "1" / "saved_model.pb").read_bytes() == b"first"
+    assert (tmp_path / "2" / "saved_model.pb").read_bytes() == b"second"
+    (tmp_path / ".tmp-export-y").mkdir()
+    with pytest.raises(UsageError, match="never overwritten"):
+        export._move_into_place(str(tmp_path / ".tmp-export-y"), str(tmp_path), 2)
 
 
 def test_staging_folder_is_removed_when_export_fails(tmp_path, monkeypatch):

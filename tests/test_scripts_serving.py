@@ -1,0 +1,350 @@
+"""scripts/export.py, evaluate.py, predict.py and serving_client.py, end to end on a tiny run."""
+
+import base64
+import concurrent.futures
+import http.server
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_alexnet
+from keras_alexnet import augment, checkpoints, data, shapes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = 67
+DATASET = "shapes:train=8,validation=11,size=40"
+CLASSES = list(shapes.CLASS_NAMES)
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def write_model_dir(model_dir, seed=0):
+    """A model_dir as the training engine writes it: config.json and a CheckpointManager checkpoint."""
+    model = keras_alexnet.build(num_classes=len(CLASSES), input_shape=(SIZE, SIZE, 3), seed=seed)
+    kernel, bias = model.get_layer("fc8").get_weights()
+    model.get_layer("fc8").set_weights([kernel * 300.0, bias])  # confident, so the comparisons mean something
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), checkpoints.checkpoint_dir(model_dir), max_to_keep=1)
+    manager.save(checkpoint_number=5)
+    checkpoints.write_config(model_dir, {
+        "variant": "paper", "groups": 2, "image_size": SIZE, "num_classes": len(CLASSES), "class_names": CLASSES,
+        "dataset": DATASET, "init": "caffe", "batch_size": 4, "precision": "float32",
+    })
+    return model
+
+
+def run_script(name, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *map(str, args)],
+                          capture_output=True, text=True, env=ENV, cwd=ROOT)
+
+
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def write_images(folder):
+    rng = np.random.default_rng(3)
+    photo = rng.integers(0, 256, size=(90, 120, 3), dtype=np.uint8)
+    stripes = np.zeros((140, 70, 3), np.uint8)
+    stripes[::4] = (250, 10, 40)
+    paths = {"photo.jpg": tf.io.encode_jpeg(photo).numpy(), "stripes.png": tf.io.encode_png(stripes).numpy(),
+             "notes.txt": b"this is not an image\n"}
+    for name, content in paths.items():
+        (folder / name).write_bytes(content)
+    return {name: str(folder / name) for name in paths}
+
+
+def predict_args(images):
+    missing = os.path.join(os.path.dirname(images["photo.jpg"]), "missing.jpg")
+    return [images["photo.jpg"], images["notes.txt"], missing, images["stripes.png"]]
+
+
+def evaluate_args(root, source, crops, strategy):
+    """(arguments, output path) of an evaluate.py run: model_dir with its own dataset, or an export."""
+    output = root / f"eval_{source}_{crops}.json"
+    source_args = ["--model_dir", root / "model_dir"] if source == "model_dir" else \
+        ["--saved_model", root / "saved" / "alexnet" / "1", "--dataset", DATASET]
+    return [*source_args, "--crops", crops, "--batch_size", 4, "--strategy", strategy, "--output", output], output
+
+
+EVALUATIONS = [("model_dir", 1, "default"), ("saved_model", 10, "mirrored")]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A model_dir, a few image files, and the script runs the tests check.
+
+    Each script run is a fresh Python that imports TensorFlow (seconds), so the runs go three at a
+    time: first the export and what needs only the model_dir, then what needs the export.
+    """
+    root = tmp_path_factory.mktemp("run")
+    model = write_model_dir(str(root / "model_dir"))
+    images = write_images(root)
+    base = root / "saved" / "alexnet"
+    runs = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        exported = pool.submit(run_script, "export.py", "--model_dir", root / "model_dir", "--export_base", base)
+        runs["predict model_dir"] = pool.submit(run_script, "predict.py", *predict_args(images), "--model_dir", root / "model_dir")
+        first, *later = EVALUATIONS
+        runs[("evaluate",) + first] = pool.submit(run_script, "evaluate.py", *evaluate_args(root, *first)[0])
+        result = exported.result()
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs["export"] = exported
+        runs["export again"] = pool.submit(run_script, "export.py", "--model_dir", root / "model_dir",
+                                           "--export_base", base, "--version", 1)
+        runs["predict saved_model"] = pool.submit(run_script, "predict.py", *predict_args(images), "--saved_model", base / "1")
+        for evaluation in later:
+            runs[("evaluate",) + evaluation] = pool.submit(run_script, "evaluate.py", *evaluate_args(root, *evaluation)[0])
+        runs = {name: future.result() for name, future in runs.items()}
+    return {"model": model, "model_dir": str(root / "model_dir"), "root": root, "base": str(base),
+            "export": runs["export"].stdout.strip().splitlines()[-1], "images": images, "runs": runs}
+
+
+def test_export_script_versions_and_errors(run):
+    assert run["export"] == os.path.join(run["base"], "1")
+    assert tf.saved_model.contains_saved_model(run["export"])
+    again = run["runs"]["export again"]
+    assert again.returncode == 2 and len(error_lines(again.stderr)) == 1 and "Traceback" not in again.stderr
+    assert "saved/alexnet/1 exists: versions are never overwritten" in again.stderr
+    assert os.listdir(run["base"]) == ["1"]
+
+
+def top5_blocks(stdout):
+    """{path: [(label, score), ...]} from the scripts' top-5 printout."""
+    blocks, current = {}, None
+    for line in stdout.splitlines():
+        match = re.fullmatch(r"\s+\d\. (\d\.\d{4})  (.+)", line)
+        if match:
+            blocks[current].append((match.group(2), float(match.group(1))))
+        elif line.strip():
+            current = line.strip()
+            blocks[current] = []
+    return blocks
+
+
+def test_predict_script_saved_model_and_model_dir_agree(run):
+    images = run["images"]
+    missing = predict_args(images)[2]
+    outputs = [run["runs"]["predict saved_model"], run["runs"]["predict model_dir"]]
+    for result in outputs:
+        assert result.returncode == 1, result.stderr[-3000:]
+        errors = error_lines(result.stderr)
+        assert len(errors) == 2 and "Traceback" not in result.stderr
+        assert errors[0] == f"error: {images['notes.txt']}: not a JPEG, PNG, GIF, BMP or WebP image"
+        assert errors[1].startswith(f"error: {missing}: ")
+    assert outputs[0].stdout == outputs[1].stdout
+    blocks = top5_blocks(outputs[0].stdout)
+    assert list(blocks) == [images["photo.jpg"], images["stripes.png"]]
+    # The printed numbers are the Keras model's on the centre view.
+    for path, block in blocks.items():
+        with open(path, "rb") as f:
+            view = augment.center_view(augment.decode_image(f.read()), SIZE)
+        probabilities = tf.nn.softmax(run["model"](view[None], training=False))[0].numpy()
+        order = np.argsort(-probabilities, kind="stable")[:5]
+        assert [label for label, _ in block] == [CLASSES[i] for i in order]
+        np.testing.assert_allclose([score for _, score in block], probabilities[order], atol=6e-5)
+
+
+def test_usage_errors_answer_before_loading_anything(run):
+    for script, args in (("predict.py", [run["images"]["photo.jpg"]]), ("evaluate.py", ["--dataset", DATASET]),
+                         ("evaluate.py", ["--model_dir", "a", "--saved_model", "b"])):
+        result = run_script(script, *args)
+        assert result.returncode == 2, script
+        assert error_lines(result.stderr) == [result.stderr.strip()]
+        assert "exactly one of" in result.stderr
+
+
+def expected_evaluation(model, crops):
+    dataset = data.make_dataset(DATASET, "validation", image_size=SIZE, batch_size=4, training=False, crops=crops)
+    probabilities, labels = [], []
+    for images, batch_labels in dataset:
+        flat = tf.reshape(images, [-1, SIZE, SIZE, 3])
+        p = tf.nn.softmax(model(flat, training=False)).numpy().reshape(len(batch_labels), crops, -1).mean(axis=1)
+        probabilities.append(p)
+        labels.append(batch_labels.numpy())
+    probabilities, labels = np.concatenate(probabilities), np.concatenate(labels)
+    order = np.argsort(-probabilities, axis=1, kind="stable")
+    return len(labels), int((order[:, 0] == labels).sum()), int((order[:, :5] == labels[:, None]).any(axis=1).sum())
+
+
+@pytest.mark.parametrize("source,crops,strategy", EVALUATIONS)
+def test_evaluate_script(run, source, crops, strategy):
+    result = run["runs"][("evaluate", source, crops, strategy)]
+    output = evaluate_args(run["root"], source, crops, strategy)[1]
+    crops = str(crops)
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert json.loads(output.read_text()) == printed
+    examples, top1, top5 = expected_evaluation(run["model"], int(crops))
+    assert printed["num_examples"] == examples == 11
+    assert printed["top1_accuracy"] == pytest.approx(top1 / examples, abs=1e-12)
+    assert printed["top5_accuracy"] == pytest.approx(top5 / examples, abs=1e-12)
+    assert printed["top1_error"] == pytest.approx(1 - top1 / examples, abs=1e-12)
+    assert printed["top5_error"] == pytest.approx(1 - top5 / examples, abs=1e-12)
+    assert printed["crops"] == int(crops) and printed["split"] == "validation"
+
+
+# ---------------------------------------------------------------------------------------- client
+
+
+def load_client():
+    spec = importlib.util.spec_from_file_location("serving_client", os.path.join(ROOT, "scripts", "serving_client.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rest_request_body_is_tf_servings_row_format():
+    client = load_client()
+    images = [b"\xff\xd8\xff\xe0jpeg", b"\x89PNG\r\n"]
+    body = client.rest_request_body(images)
+    assert body == {"signature_name": "serving_default",
+                    "instances": [{"b64": base64.b64encode(image).decode()} for image in images]}
+    assert json.loads(json.dumps(body)) == body
+    assert client.rest_url("http://host:8501/", "alexnet") == "http://host:8501/v1/models/alexnet:predict"
+    assert client.rest_url("http://host:8501", "alexnet", 3) == "http://host:8501/v1/models/alexnet/versions/3:predict"
+
+
+class FakeRestServer(http.server.ThreadingHTTPServer):
+    """Decodes TF Serving's REST predict request (row format, b64) and runs the SavedModel."""
+
+    def __init__(self, export_path):
+        self.serve = tf.saved_model.load(export_path).signatures["serving_default"]
+        self.requests = []
+        super().__init__(("127.0.0.1", 0), FakeRestHandler)
+
+
+class FakeRestHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def reply(self, code, body):
+        payload = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append((self.path, body))
+        if not re.fullmatch(r"/v1/models/alexnet(/versions/\d+)?:predict", self.path):
+            return self.reply(404, {"error": f"Servable not found for request: {self.path}"})
+        images = [base64.b64decode(instance["b64"]) for instance in body["instances"]]
+        try:
+            outputs = self.server.serve(image_bytes=tf.constant(images))
+        except tf.errors.InvalidArgumentError as error:
+            # TF Serving returns the op's message (without Python's "Graph execution error" preamble).
+            message = next(line for line in error.message.splitlines() if "assertion failed" in line or "Invalid" in line)
+            return self.reply(400, {"error": message.strip() + "\n\t [[{{node map/while/Assert/Assert}}]]"})
+        predictions = [{name: (value[i].tolist() if value.dtype != object else [v.decode() for v in value[i]])
+                        for name, value in ((k, v.numpy()) for k, v in outputs.items())} for i in range(len(images))]
+        self.reply(200, {"predictions": predictions})
+
+
+def test_rest_client_against_a_stand_in_server(run):
+    server = FakeRestServer(run["export"])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        images = run["images"]
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run_script("serving_client.py", images["photo.jpg"], images["notes.txt"], images["stripes.png"],
+                            "--server", url, "--version", 1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1, result.stderr
+    errors = error_lines(result.stderr)
+    assert len(errors) == 1 and errors[0].startswith(f"error: {images['notes.txt']}: HTTP 400: assertion failed")
+    assert [path for path, _ in server.requests] == ["/v1/models/alexnet/versions/1:predict"] * 3
+    with open(images["photo.jpg"], "rb") as f:
+        assert server.requests[0][1] == {"signature_name": "serving_default",
+                                         "instances": [{"b64": base64.b64encode(f.read()).decode()}]}
+    predicted = top5_blocks(result.stdout)
+    assert list(predicted) == [images["photo.jpg"], images["stripes.png"]]
+    for path, block in predicted.items():
+        with open(path, "rb") as f:
+            expected = server.serve(image_bytes=tf.constant([f.read()]))
+        assert [label for label, _ in block] == [label.decode() for label in expected["top_k_labels"].numpy()[0]]
+        np.testing.assert_allclose([score for _, score in block], expected["top_k_scores"].numpy()[0], atol=6e-5)
+
+
+def test_rest_client_reports_unreachable_server():
+    client = load_client()
+    with pytest.raises(client.ServingError, match="cannot reach"):
+        client.rest_predict("http://127.0.0.1:9/v1/models/alexnet:predict", {"instances": []}, timeout=5)
+
+
+def test_grpc_client_against_a_stand_in_server(run):
+    grpc = pytest.importorskip("grpc")
+    predict_pb2 = pytest.importorskip("tensorflow_serving.apis.predict_pb2")
+    prediction_service_pb2_grpc = pytest.importorskip("tensorflow_serving.apis.prediction_service_pb2_grpc")
+    from concurrent import futures
+
+    serve = tf.saved_model.load(run["export"]).signatures["serving_default"]
+    received = []
+
+    class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):
+            received.append(request)
+            try:
+                outputs = serve(image_bytes=tf.constant(tf.make_ndarray(request.inputs["image_bytes"])))
+            except tf.errors.InvalidArgumentError:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "assertion failed: [image_bytes[0] is not a JPEG]\n\t[[node]]")
+            response = predict_pb2.PredictResponse()
+            for name, value in outputs.items():
+                response.outputs[name].CopyFrom(tf.make_tensor_proto(value.numpy()))
+            return response
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        client = load_client()
+        images = run["images"]
+        with open(images["photo.jpg"], "rb") as f:
+            photo = f.read()
+        with open(images["stripes.png"], "rb") as f:
+            stripes = f.read()
+        request = client.grpc_request([photo, stripes], "alexnet", version=1)
+        rows = client.grpc_predict(f"127.0.0.1:{port}", request, timeout=30)
+        with pytest.raises(client.ServingError, match=r"^INVALID_ARGUMENT: assertion failed: \[image_bytes\[0\] is not a JPEG\]$"):
+            client.grpc_predict(f"127.0.0.1:{port}", client.grpc_request([b"text"], "alexnet"), timeout=30)
+    finally:
+        server.stop(None)
+    sent = received[0]
+    assert sent.model_spec.name == "alexnet" and sent.model_spec.signature_name == "serving_default"
+    assert sent.model_spec.version.value == 1
+    assert list(sent.inputs) == ["image_bytes"]
+    assert sent.inputs["image_bytes"].dtype == tf.string.as_datatype_enum
+    assert [d.size for d in sent.inputs["image_bytes"].tensor_shape.dim] == [2]
+    assert list(sent.inputs["image_bytes"].string_val) == [photo, stripes]
+    expected = serve(image_bytes=tf.constant([photo, stripes]))
+    assert len(rows) == 2
+    for i, row in enumerate(rows):
+        assert row["top_k_labels"] == [v.decode() for v in expected["top_k_labels"].numpy()[i]]
+        np.testing.assert_allclose(row["probabilities"], expected["probabilities"].numpy()[i], rtol=1e-6)
+
+
+def test_models_config_in_docs_parses():
+    model_server_config_pb2 = pytest.importorskip("tensorflow_serving.config.model_server_config_pb2")
+    from google.protobuf import text_format
+
+    with open(os.path.join(ROOT, "docs", "serving.md")) as f:
+        text = f.read()
+    blocks = [block for block in re.findall(r"^```[a-z]*\n(.*?)^```$", text, re.S | re.M) if block.startswith("model_config_list")]
+    assert len(blocks) == 1
+    config = text_format.Parse(blocks[0], model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert model.name == "alexnet" and model.base_path == "/models/alexnet" and model.model_platform == "tensorflow"
+    assert model.model_version_policy.latest.num_versions == 2
+    assert "--model_config_file=/models/models.config" in text
