@@ -62,6 +62,8 @@ def build(
     weight_decay=0.0,
     seed=None,
     name=None,
+    weights=None,
+    convention=None,
 ):
     """Build AlexNet as a Keras functional model.
 
@@ -94,6 +96,15 @@ def build(
             gradient is exactly wd*w. The paper uses 5e-4; 0 adds none.
         seed: seed for the initializers and dropout; None for a random one.
         name: model name; defaults to "alexnet" or "alexnet_one_column".
+        weights: None (initialize with `init`) or a weight file to load: Caffe's bvlc_alexnet
+            (.caffemodel, .npz; variant="paper"), torchvision's alexnet state_dict (.pth;
+            variant="one_column") or a .keras model. See keras_alexnet.weights and docs/weights.md.
+            fc8 is loaded only if num_classes matches the file's (else it keeps `init`).
+        convention: whose layer constants and input normalization the net uses, while its input
+            stays the contract (RGB, 0..255, minus the ImageNet mean): "paper" (LRN k=2, alpha 1e-4),
+            "caffe" (Caffe's LRN k=1, alpha 1e-4/5; an InputAdapter layer swaps in Caffe's mean) or
+            "torchvision" (an InputAdapter layer applies torchvision's mean/std). Defaults to the
+            convention of `weights`, or "paper".
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
@@ -110,6 +121,15 @@ def build(
     if classifier_activation not in (None, "softmax"):
         raise ValueError(f"classifier_activation must be None or 'softmax', got {classifier_activation!r}.")
 
+    if convention is None:
+        convention = "paper"
+        if weights is not None:
+            from keras_alexnet import weights as weight_files  # lazy: weights.py needs this module
+
+            convention = weight_files.convention_of(weights)
+    if convention not in ("paper", "caffe", "torchvision"):
+        raise ValueError(f"convention must be 'paper', 'caffe' or 'torchvision', got {convention!r}.")
+
     seeds = keras.random.SeedGenerator(seed) if seed is not None else None
 
     def next_seed():
@@ -125,6 +145,10 @@ def build(
 
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
+    if convention != "paper":
+        from keras_alexnet.weights import InputAdapter
+
+        x = InputAdapter(convention, name="input_adapter")(x)
     convs = _PAPER_CONVS if variant == "paper" else _ONE_COLUMN_CONVS
     for index, (filters, kernel, stride, pad) in enumerate(convs, start=1):
         layer_name = f"conv{index}"
@@ -136,7 +160,10 @@ def build(
                 activation="relu", name=layer_name, **initializers(layer_name),
             )(x)
             if index in (1, 2):
-                x = LocalResponseNormalization(size=5, k=2.0, alpha=1e-4, beta=0.75, name=f"lrn{index}")(x)
+                if convention == "caffe":  # bvlc_alexnet's norm1/norm2: local_size 5, alpha 1e-4, k 1
+                    x = LocalResponseNormalization.from_caffe(5, alpha=1e-4, beta=0.75, k=1.0, name=f"lrn{index}")(x)
+                else:
+                    x = LocalResponseNormalization(size=5, k=2.0, alpha=1e-4, beta=0.75, name=f"lrn{index}")(x)
         else:
             if index == 1:
                 x = keras.layers.ZeroPadding2D(pad, name="pad1")(x)
@@ -148,7 +175,7 @@ def build(
             x = keras.layers.MaxPooling2D(pool_size=3, strides=2, name=f"pool{index}")(x)
 
     if not include_top:
-        return keras.Model(inputs, x, name=name or f"alexnet_{variant}_features")
+        return _with_weights(keras.Model(inputs, x, name=name or f"alexnet_{variant}_features"), weights)
 
     x = keras.layers.Flatten(name="flatten")(x)
     if variant == "paper":
@@ -166,7 +193,16 @@ def build(
     outputs = keras.layers.Dense(
         num_classes, activation=classifier_activation, dtype="float32", name="fc8", **initializers("fc8")
     )(x)
-    return keras.Model(inputs, outputs, name=name or ("alexnet" if variant == "paper" else "alexnet_one_column"))
+    model = keras.Model(inputs, outputs, name=name or ("alexnet" if variant == "paper" else "alexnet_one_column"))
+    return _with_weights(model, weights)
+
+
+def _with_weights(model, weights):
+    if weights is not None:
+        from keras_alexnet.weights import load_weights
+
+        load_weights(model, weights)
+    return model
 
 
 def feature_extractor(model, layer="fc7"):
