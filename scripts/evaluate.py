@@ -24,8 +24,8 @@ flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the run's).")
 flags.DEFINE_string("manual_dir", None, "TFDS manual_dir (default: the run's).")
 flags.DEFINE_enum("crops", "1", ["1", "10"], "1: the centre view; 10: four corners, centre and their mirrors, softmax averaged (§4.1).")
 flags.DEFINE_integer("batch_size", 64, "Global batch size (examples; ten-crop runs 10 views per example), split over the replicas.")
-flags.DEFINE_enum("strategy", "default", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
-                  "tf.distribute strategy (see scripts/train.py).")
+flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
+                  "tf.distribute strategy: auto is mirrored for 2+ GPUs, one_device for one GPU, default otherwise (see scripts/train.py).")
 flags.DEFINE_string("tpu", None, "TPU for --strategy tpu: 'local' on a TPU VM, or a name or grpc:// address.")
 flags.DEFINE_integer("num_gpus", None, "Use only the first N GPUs (default: all).")
 flags.DEFINE_string("output", None, "Write the JSON result here (default with --model_dir: <model_dir>/eval_<split>_<crops>crop.json).")
@@ -58,6 +58,10 @@ def run():
     manual_dir = FLAGS.manual_dir or config.get("manual_dir")
 
     strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu, num_gpus=FLAGS.num_gpus)
+    info = data.dataset_info(spec, data_dir=data_dir, manual_dir=manual_dir)  # a bad --dataset fails here, early
+    if isinstance(strategy, tf.distribute.TPUStrategy):
+        # TPU programs need fixed batch shapes; exact evaluation here relies on partial batches.
+        raise UsageError("--strategy tpu is not supported for evaluation: evaluate on CPU or GPU (--strategy default or mirrored).")
     replicas = strategy.num_replicas_in_sync
     if FLAGS.batch_size % replicas:
         raise UsageError(f"--batch_size={FLAGS.batch_size} does not split over {replicas} replicas: use a multiple of {replicas}.")
@@ -71,7 +75,6 @@ def run():
             probabilities, class_names, image_size = evaluation.load_saved_model(FLAGS.saved_model)
             num_classes = len(class_names)
 
-    info = data.dataset_info(spec, data_dir=data_dir, manual_dir=manual_dir)
     if info.num_classes != num_classes:
         raise UsageError(f"--dataset={spec} has {info.num_classes} classes but the model has {num_classes}: "
                          "evaluate on the dataset the model was trained on.")
@@ -101,7 +104,7 @@ def run():
         "replicas": replicas,
     }
     output = FLAGS.output or (os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}_{crops}crop.json") if FLAGS.model_dir else None)
-    if output:
+    if output and distribute.is_chief(strategy):
         tf.io.gfile.makedirs(os.path.dirname(os.path.abspath(output)))
         with tf.io.gfile.GFile(output, "w") as f:
             f.write(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -301,6 +301,18 @@ def graph_dtypes(module):
     return {value.type for node in nodes for value in node.attr.values() if value.HasField("type")}
 
 
+def test_model_built_under_mirrored_strategy_exports(tmp_path):
+    # The training engine exports the model it trained, whose variables are MirroredVariables.
+    strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    assert strategy.num_replicas_in_sync == 2
+    with strategy.scope():
+        model = small_model()
+    path = export.export_saved_model(model, tmp_path / "alexnet", class_names=CLASSES)
+    expected, views = keras_probabilities(model, encoded_images())
+    got = tf.saved_model.load(path).signatures["predict_images"](images=tf.constant(views))["probabilities"]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_class_names_must_match_the_model():
     with pytest.raises(ValueError, match="2 class names for a model with 3 classes"):
         export.ServingModule(small_model(), ["a", "b"])
