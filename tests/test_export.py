@@ -313,6 +313,20 @@ def test_model_built_under_mirrored_strategy_exports(tmp_path):
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_per_pixel_mean_image_is_used_in_the_graph():
+    model = small_model()
+    mean_image = np.random.default_rng(5).uniform(60, 160, size=(SIZE, SIZE, 3)).astype(np.float32)
+    module = export.ServingModule(model, CLASSES, mean_image=mean_image)
+    images = encoded_images()
+    views = tf.stack([augment.center_view(augment.decode_image(image), SIZE, mean_image) for image in images])
+    expected = tf.nn.softmax(model(views, training=False)).numpy()
+    got = module.serve_image_bytes(tf.constant(images))["probabilities"].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    preprocessed = module.preprocess(tf.constant(images)).numpy()
+    np.testing.assert_allclose(preprocessed, views.numpy(), atol=1e-4)
+    assert not np.allclose(preprocessed, keras_probabilities(model, images)[1], atol=1.0)
+
+
 def test_class_names_must_match_the_model():
     with pytest.raises(ValueError, match="2 class names for a model with 3 classes"):
         export.ServingModule(small_model(), ["a", "b"])
