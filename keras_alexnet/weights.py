@@ -238,17 +238,20 @@ def load_weights(model, path, allow_pickle=False):
 
 
 def build_from_weights(path, allow_pickle=False, image_size=None):
-    """The complete model that a weight file implies, with its weights loaded.
+    """The complete model that a weight file (or a `SourceWeights`) implies, with its weights loaded.
 
     Caffe files give the paper's two-column net with Caffe's conventions, torchvision files the
     one-column net with torchvision's, a .keras file the model it holds. `image_size` defaults to
     227 (Caffe) or 224 (torchvision), or, if fc6 was trained on another pool5 size, the smallest
     size that gives it.
     """
-    if os.fspath(path).lower().endswith(".keras"):
+    if isinstance(path, SourceWeights):
+        source = path
+    elif os.fspath(path).lower().endswith(".keras"):
         _check_file(os.fspath(path))
         return keras.saving.load_model(path, compile=False)
-    source = read_weights(path, allow_pickle=allow_pickle)
+    else:
+        source = read_weights(path, allow_pickle=allow_pickle)
     from keras_alexnet import model as model_lib  # here: model.py imports this module lazily too
 
     if image_size is None:

@@ -1,0 +1,199 @@
+"""Fig. 3, Fig. 4 and the training curves (keras_alexnet.figures and their scripts), on tiny data."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import keras_alexnet
+from keras_alexnet import data, figures
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPES = "shapes:train=40,validation=6,size=48"
+
+
+@pytest.fixture(scope="module")
+def model():
+    """An untrained paper net at the smallest input (figures must work on any built model)."""
+    return keras_alexnet.build(num_classes=10, input_shape=(67, 67, 3), seed=0)
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    with Image.open(path) as image:
+        return image.size
+
+
+# --- Fig. 3 -------------------------------------------------------------------------------------
+
+
+def test_kernel_grid_scales_each_kernel_to_its_own_range():
+    kernels = np.zeros((5, 2, 2, 3), np.float32)
+    kernels[0] = np.arange(12).reshape(2, 2, 3)           # 0..11
+    kernels[1] = -3 + 0.001 * np.arange(12).reshape(2, 2, 3)  # a small range away from zero
+    kernels[2] = 7.0                                       # constant: grey
+    grid = figures.kernel_grid(kernels, per_row=3, gap=1)
+    assert grid.shape == (2 * 3 - 1, 3 * 3 - 1, 3)
+    np.testing.assert_allclose(grid[0:2, 0:2], np.arange(12).reshape(2, 2, 3) / 11.0, atol=1e-6)
+    np.testing.assert_allclose(grid[0:2, 3:5], np.arange(12).reshape(2, 2, 3) / 11.0, atol=1e-3)
+    np.testing.assert_allclose(grid[0:2, 6:8], 0.5)
+    assert grid[2].min() == 1.0 and grid[:, 2].min() == 1.0  # white gaps
+    assert grid[3:5, 6:8].min() == 1.0                       # the empty sixth tile stays white
+
+
+def test_conv1_kernels_and_columns(model):
+    kernels = figures.conv1_kernels(model)
+    assert kernels.shape == (96, 11, 11, 3)
+    np.testing.assert_array_equal(kernels[5], model.get_layer("conv1").get_weights()[0][..., 5])
+    assert figures.conv1_columns(model) == 2
+    assert figures.conv1_columns(keras_alexnet.build(num_classes=10, input_shape=(67, 67, 3), groups=1, include_top=False)) == 1
+    one_column = keras_alexnet.build(num_classes=10, input_shape=(63, 63, 3), variant="one_column", include_top=False)
+    assert figures.conv1_columns(one_column) == 1 and figures.conv1_kernels(one_column).shape == (64, 11, 11, 3)
+
+
+def test_plot_conv1_kernels_png(tmp_path, model):
+    path = figures.plot_conv1_kernels(model, str(tmp_path / "out" / "conv1.png"))
+    width, height = png_size(path)
+    assert width > 600 and height > 300
+
+
+# --- Fig. 4 -------------------------------------------------------------------------------------
+
+
+def brute_force(queries, vectors, k):
+    distances = np.linalg.norm(queries[:, None, :].astype(np.float64) - vectors[None, :, :], axis=-1)
+    order = np.argsort(distances, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(distances, order, axis=1)
+
+
+@pytest.mark.parametrize("chunk_rows", [7, 1000])
+def test_nearest_neighbors_is_exact(tmp_path, chunk_rows):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(103, 32)).astype(np.float32)
+    vectors[50] = vectors[20]  # a tie: the lower index comes first
+    queries = np.concatenate([rng.normal(size=(4, 32)), vectors[[20, 77]]]).astype(np.float32)
+    stored = np.memmap(tmp_path / "v.f32", dtype=np.float32, mode="w+", shape=vectors.shape)
+    stored[:] = vectors
+    indices, distances = figures.nearest_neighbors(queries, stored, k=5, chunk_rows=chunk_rows)
+    expected_indices, expected_distances = brute_force(queries, vectors, 5)
+    np.testing.assert_array_equal(indices, expected_indices)
+    np.testing.assert_allclose(distances, expected_distances, rtol=1e-6, atol=1e-6)
+    assert indices[4, 0] == 20 and indices[4, 1] == 50 and distances[4, 0] < 1e-6
+    assert indices[5, 0] == 77
+    few, _ = figures.nearest_neighbors(queries, stored[:3], k=5, chunk_rows=chunk_rows)
+    assert few.shape == (6, 3)
+
+
+def test_extract_features_streams_to_disk(tmp_path, model):
+    dataset = data.make_dataset(SHAPES, "validation", image_size=67, batch_size=4, training=False, deterministic=True)
+    features = figures.extract_features(model, dataset, str(tmp_path / "fc7"))
+    assert isinstance(features.vectors, np.memmap) and features.vectors.shape == (6, 4096)
+    assert os.path.getsize(tmp_path / "fc7" / "features.f32") == 6 * 4096 * 4
+    images = np.concatenate([np.asarray(x) for x, _ in dataset])
+    expected = keras_alexnet.feature_extractor(model)(images, training=False)
+    np.testing.assert_allclose(features.vectors, np.asarray(expected), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(features.labels, np.concatenate([np.asarray(y) for _, y in dataset]))
+    again = figures.Features(str(tmp_path / "fc7"))
+    np.testing.assert_array_equal(again.vectors, features.vectors)
+
+
+def test_neighbors_figure_finds_a_training_image_itself(tmp_path, model):
+    """Queries that are training images: each one's nearest neighbour is itself at distance 0,
+    which checks that activations, indices, labels and the displayed images stay aligned."""
+    train = data.make_dataset(SHAPES, "train", image_size=67, batch_size=40, training=False, deterministic=True)
+    images, labels = next(iter(train))
+    picks = [3, 17]
+    queries = np.asarray(images)[picks]
+    path = str(tmp_path / "fig4.png")
+    result = figures.neighbors_figure(model, SHAPES, path, queries=queries, query_titles=["a", "b"], k=4, batch_size=16,
+                                      features_dir=str(tmp_path / "features"), log=lambda message: None)
+    np.testing.assert_array_equal(result["indices"][:, 0], picks)
+    np.testing.assert_allclose(result["distances"][:, 0], 0.0, atol=1e-2)
+    np.testing.assert_array_equal(result["labels"][:, 0], np.asarray(labels)[picks])
+    assert result["indices"].shape == (2, 4) and np.all(np.diff(result["distances"], axis=1) >= 0)
+    shown = figures.gather_images(train, result["indices"][:, :1])
+    np.testing.assert_array_equal(shown[picks[0]], figures.display_image(queries[0]))
+    width, height = png_size(path)
+    assert width > 500 and height > 300
+    assert os.path.getsize(tmp_path / "features" / "features.f32") == 40 * 4096 * 4
+
+
+def test_neighbors_figure_default_queries(tmp_path, model):
+    result = figures.neighbors_figure(model, SHAPES, str(tmp_path / "fig4.png"), num_queries=2, k=3, batch_size=16,
+                                      log=lambda message: None)
+    assert len(result["query_labels"]) == 2 and result["indices"].shape == (2, 3)
+    assert png_size(str(tmp_path / "fig4.png"))[0] > 300
+
+
+# --- training curves ----------------------------------------------------------------------------
+
+
+def write_history(directory, records, tail=""):
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "history.jsonl"), "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+        f.write(tail)
+
+
+def history_records(epochs):
+    return [{"epoch": e, "step": 10 * e, "learning_rate": 0.01 if e < 4 else 0.001, "train_loss": 2.0 / e, "train_top1": 0.1 * e,
+             "train_top5": 0.15 * e, "val_loss": 2.2 / e, "val_top1": 0.09 * e, "val_top5": 0.14 * e, "images_per_sec": 9.0,
+             "seconds": 3.0} for e in range(1, epochs + 1)]
+
+
+def test_read_history_last_record_of_an_epoch_wins(tmp_path):
+    records = history_records(3)
+    resumed = dict(records[1], train_loss=123.0)
+    write_history(tmp_path, records + [resumed], tail='{"epoch": 4, "trunc')  # a run killed mid-write
+    history = figures.read_history(str(tmp_path))
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert history[1]["train_loss"] == 123.0
+    with pytest.raises(FileNotFoundError):
+        figures.read_history(str(tmp_path / "missing"))
+
+
+def test_plot_history_png(tmp_path):
+    records = history_records(5)
+    records[0]["val_top5"] = None  # missing values are left out, not drawn as zero
+    path = figures.plot_history(records, str(tmp_path / "history.png"))
+    width, height = png_size(path)
+    assert width > 800 and height > 250
+    with pytest.raises(ValueError, match="empty"):
+        figures.plot_history([], str(tmp_path / "empty.png"))
+
+
+# --- scripts ------------------------------------------------------------------------------------
+
+
+def run_script(name, *args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *args], capture_output=True, text=True,
+                          env=env, cwd=str(ROOT), timeout=300)
+
+
+def test_scripts_end_to_end(tmp_path):
+    write_history(tmp_path / "run", history_records(3))
+    done = run_script("plot_history.py", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    assert png_size(str(tmp_path / "run" / "history.png"))[0] > 800
+
+    saved = str(tmp_path / "features.keras")  # a small file: the convolutional part is all Fig. 3 needs
+    keras_alexnet.build(input_shape=(67, 67, 3), include_top=False, seed=1).save(saved)
+    done = run_script("visualize_filters.py", f"--weights={saved}", f"--out={tmp_path / 'conv1.png'}")
+    assert done.returncode == 0, done.stderr
+    assert png_size(str(tmp_path / "conv1.png"))[0] > 600
+
+
+def test_script_errors_are_one_line(tmp_path):
+    done = run_script("plot_history.py", str(tmp_path / "missing"))
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error:")
+    assert "Traceback" not in done.stderr
+    done = run_script("nearest_neighbors.py", f"--weights={tmp_path / 'missing.npz'}", "--dataset=shapes")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error:")
