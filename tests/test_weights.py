@@ -7,7 +7,10 @@ The Caffe tests use a 99x99 input (pool5 2x2, so fc6's row permutation matters) 
 """
 
 import io
+import os
 import pickle
+import subprocess
+import sys
 import warnings
 from types import SimpleNamespace
 
@@ -333,23 +336,6 @@ def test_mismatches_are_usage_errors(tmp_path, caffe_case):
         weights.read_weights(partial)
 
 
-def test_converted_keras_file_round_trip(tmp_path, caffe_case):
-    """scripts/convert_weights.py's output: a .keras model that carries Caffe's conventions."""
-    converted = tmp_path / "bvlc_alexnet.keras"
-    caffe_case.model.save(converted)
-    assert weights.convention_of(converted) == "caffe"
-    reloaded = weights.build_from_weights(converted)
-    assert_logits_close(logits(reloaded, caffe_case.images), caffe_case.reference)
-    rebuilt = keras_alexnet.build(input_shape=(CAFFE_SIZE, CAFFE_SIZE, 3), weights=converted)
-    assert_logits_close(logits(rebuilt, caffe_case.images), caffe_case.reference)
-    # save_npz writes Caffe's order back: the same weights read again.
-    again = tmp_path / "again.npz"
-    weights.save_npz(again, caffe_case.source)
-    with np.load(again) as archive:
-        for name, (w, b) in caffe_case.blobs.items():
-            np.testing.assert_array_equal(archive[f"{name}/weights"], w)
-
-
 def test_caffe_at_227(tmp_path):
     """The real size: pool5 6x6, fc6 9216 inputs, default 227 input."""
     blobs = random_caffe_blobs(pool5=6, seed=3)
@@ -418,3 +404,31 @@ def test_torch_load_refuses_arbitrary_pickles(tmp_path):
     path.write_bytes(buffer.getvalue())
     with pytest.raises(UsageError, match="weights_only"):
         weights.read_weights(path)
+
+
+# --- scripts/convert_weights.py ------------------------------------------------------------------
+
+
+def test_convert_weights_script(tmp_path, caffe_case):
+    """The script's .keras output computes what Caffe computed; its errors are one line."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(root, "scripts", "convert_weights.py")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    output, npz = tmp_path / "bvlc_alexnet.keras", tmp_path / "bvlc_alexnet_safe.npz"
+    done = subprocess.run([sys.executable, script, f"--input={caffe_case.npz}", f"--output={output}", f"--output_npz={npz}"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "caffe weights, variant paper" in done.stdout
+    # The .keras file carries Caffe's conventions: build(weights=...) picks them up (and reads the
+    # file with keras.saving.load_model).
+    assert weights.convention_of(output) == "caffe"
+    model = keras_alexnet.build(input_shape=(CAFFE_SIZE, CAFFE_SIZE, 3), weights=output)
+    assert_logits_close(logits(model, caffe_case.images), caffe_case.reference)
+    # --output_npz writes Caffe's own layout, pickle-free: the same arrays as the source.
+    with np.load(npz) as archive:
+        for name, (w, b) in caffe_case.blobs.items():
+            np.testing.assert_array_equal(archive[f"{name}/weights"], w)
+            np.testing.assert_array_equal(archive[f"{name}/biases"], b)
+    done = subprocess.run([sys.executable, script, f"--input={caffe_case.npz}", "--output=model.h5"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().startswith("error:") and "Traceback" not in done.stderr
