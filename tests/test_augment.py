@@ -113,10 +113,21 @@ def test_decode_crop_matches_full_decode_for_png_and_jpeg():
     window = tf.constant([10, 20, 64, 64])
     for fmt in ("PNG", "JPEG"):
         data = _encode(array, fmt, quality=95)
-        crop = augment.decode_crop(data, window).numpy()
+        crop = augment.decode_random_crop(data, lambda shape: window).numpy()
         full = augment.decode_image(data).numpy()[10:74, 20:84]
         assert crop.shape == (64, 64, 3)
         assert np.abs(crop.astype(int) - full.astype(int)).mean() < 2.0
+
+
+def test_resize_shorter_side_antialiases_large_reductions():
+    checkerboard = (np.indices((240, 320)).sum(0) % 2 * 255).astype(np.uint8)
+    image = np.repeat(checkerboard[..., None], 3, axis=2)
+    small = augment.resize_shorter_side(image, 60).numpy()   # 4x smaller: antialiased -> grey
+    assert small.shape == (60, 80, 3)
+    assert np.abs(small[2:-2, 2:-2] - 127.5).max() < 10
+    mild = augment.resize_shorter_side(np.full((300, 400, 3), 90, np.uint8), 256).numpy()
+    assert mild.shape == (256, 341, 3)
+    np.testing.assert_allclose(mild, 90.0, atol=1e-3)
 
 
 def test_random_flip_is_identity_or_mirror_and_both_happen():
