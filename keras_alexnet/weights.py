@@ -2,7 +2,8 @@
 
 Supported files (see docs/weights.md for where to get them):
 
-    Caffe bvlc_alexnet (the paper's two-column net, variant="paper", groups=2):
+    Caffe bvlc_alexnet (the paper's two-column net, variant="paper", groups=2; a Caffe AlexNet
+    without `group: 2` loads into groups=1):
       *.caffemodel   Caffe's own protobuf, parsed here without Caffe (NetParameter with `layer`
                      or the older V1 `layers`).
       *.npz          a NumPy archive with arrays "<layer>/weights" and "<layer>/biases" for
@@ -165,6 +166,11 @@ class SourceWeights:
         return self.layers["fc8"][0].shape[1] if "fc8" in self.layers else None
 
     @property
+    def groups(self):
+        """Columns of conv2/conv4/conv5: 2 for bvlc_alexnet (conv2 sees 48 of conv1's 96 maps), else 1."""
+        return self.layers["conv1"][0].shape[-1] // self.layers["conv2"][0].shape[2]
+
+    @property
     def pool5_size(self):
         """Side of the pool5 map that fc6 was trained on (6 for 227x227 input)."""
         if "fc6" not in self.layers:
@@ -265,7 +271,7 @@ def build_from_weights(path, allow_pickle=False, image_size=None):
             image_size = sizes[0]
     model = model_lib.build(
         num_classes=source.num_classes, input_shape=(image_size, image_size, 3), variant=source.variant,
-        groups=2 if source.variant == "paper" else 1, convention=source.convention,
+        groups=source.groups, convention=source.convention,
     )
     return load_weights(model, source)
 
@@ -572,7 +578,7 @@ def _model_variant(model):
 
 def _shape_fix(source, name):
     if source.variant == "paper" and name in ("conv2", "conv4", "conv5"):
-        return "bvlc_alexnet has two columns: build with groups=2."
+        return f"the file's net has {source.groups} column(s): build with groups={source.groups}."
     if name == "fc6":
         from keras_alexnet import model as model_lib
 

@@ -321,6 +321,22 @@ def test_fine_tuning_keeps_fc8_and_include_top_false(caffe_case):
     np.testing.assert_array_equal(features.get_layer("conv5").get_weights()[0], caffe_case.source.layers["conv5"][0])
 
 
+def test_caffe_net_without_columns(tmp_path, caffe_case):
+    """A Caffe AlexNet without `group: 2` (conv2 sees all 96 maps) loads into groups=1."""
+    rng = np.random.default_rng(5)
+    blobs = dict(caffe_case.blobs)
+    for name, out, fan_in, k in (("conv2", 256, 96, 5), ("conv4", 384, 384, 3), ("conv5", 256, 384, 3)):
+        blobs[name] = [0.01 * rng.standard_normal((out, fan_in, k, k), dtype=np.float32), np.zeros(out, np.float32)]
+    path = tmp_path / "one_group.npz"
+    save_caffe_npz(path, {name: blobs[name] for name in weights.LAYERS})
+    source = weights.read_weights(path)
+    assert source.groups == 1 and caffe_case.source.groups == 2
+    with pytest.raises(UsageError, match="groups=1"):
+        keras_alexnet.build(input_shape=(CAFFE_SIZE, CAFFE_SIZE, 3), include_top=False, weights=path)
+    model = keras_alexnet.build(input_shape=(CAFFE_SIZE, CAFFE_SIZE, 3), groups=1, include_top=False, weights=path)
+    np.testing.assert_array_equal(model.get_layer("conv4").get_weights()[0], blobs["conv4"][0].transpose(2, 3, 1, 0))
+
+
 def test_mismatches_are_usage_errors(tmp_path, caffe_case):
     with pytest.raises(UsageError, match="groups=2"):
         keras_alexnet.build(input_shape=(CAFFE_SIZE, CAFFE_SIZE, 3), groups=1, include_top=False, weights=caffe_case.npz)
