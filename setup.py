@@ -23,7 +23,8 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # tensorflow-serving-api lets the tests parse warm-up records and build gRPC requests.
+        "test": ["pytest>=7", "tensorflow-serving-api"],
         # gRPC client for TF Serving; needs the full `tensorflow` distribution, not tensorflow-cpu.
         "serving": ["tensorflow-serving-api"],
         "torch": ["torch==2.13.0"],

@@ -116,7 +116,7 @@ def _check_writable(path, flag):
         raise UsageError(f"{flag}={path} is not writable ({error.strerror}): choose a directory you can write to.") from None
 
 
-def check_resume(config):
+def check_resume(config, num_classes):
     """A model_dir that holds checkpoints of another model shape is refused, not overwritten."""
     if checkpoints.latest_checkpoint(config.model_dir) is None:
         return
@@ -124,7 +124,7 @@ def check_resume(config):
         previous = checkpoints.read_config(config.model_dir)
     except FileNotFoundError:
         return
-    current = config.to_json()
+    current = {**config.to_json(), "num_classes": num_classes}
     for key in checkpoints.MODEL_KEYS:
         if key in previous and previous[key] != current.get(key):
             raise UsageError(
@@ -299,7 +299,7 @@ def train(config, strategy=None, stream=None):
         strategy = distribute.get_strategy(config.strategy, tpu=config.tpu, num_gpus=config.num_gpus)
     info = data.dataset_info(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)
     config = resolve(config, strategy, info)
-    check_resume(config)
+    check_resume(config, info.num_classes)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)

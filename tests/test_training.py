@@ -1,0 +1,266 @@
+"""The training engine under each strategy, checkpoints that survive SIGKILL/SIGTERM, bad input."""
+
+import functools
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_alexnet import distribute
+from keras_alexnet.errors import UsageError
+from keras_alexnet.training import Trainer, TrainConfig, TrainingDiverged, check_config, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SIZE = 67
+GLOBAL_BATCH = 8
+SHAPES = "shapes:train=64,validation=16"
+TINY = dict(dataset=SHAPES, image_size=SIZE, batch_size=GLOBAL_BATCH, epochs=1, steps_per_epoch=2,
+            export_dir=None, precision="float32", xla=False)
+
+
+def fixed_batches(input_context):
+    """The same global batches in the same order whatever the number of replicas."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(scale=50.0, size=(6 * GLOBAL_BATCH, SIZE, SIZE, 3)).astype(np.float32)
+    labels = (np.arange(6 * GLOBAL_BATCH) % 4).astype(np.int32)
+    per_replica = input_context.get_per_replica_batch_size(GLOBAL_BATCH)
+    return tf.data.Dataset.from_tensor_slices((images, labels)).batch(per_replica, drop_remainder=True).repeat()
+
+
+@functools.lru_cache(maxsize=None)
+def one_device_weights(steps):
+    return trained_weights(tf.distribute.get_strategy(), steps, 1, xla=False)
+
+
+def trained_weights(strategy, steps, steps_per_loop, xla, precision="float32"):
+    config = TrainConfig(image_size=SIZE, batch_size=GLOBAL_BATCH, epochs=1, steps_per_epoch=steps, dropout=0.0,
+                         learning_rate=0.01, lr_schedule="step", precision=precision, xla=xla, seed=3)
+    import keras
+
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        trainer = Trainer(config, strategy, num_classes=4)
+        iterator = iter(strategy.distribute_datasets_from_function(fixed_batches))
+        totals = np.zeros(4)
+        done = 0
+        while done < steps:
+            n = min(steps_per_loop, steps - done)
+            totals += trainer.train_steps(iterator, n)
+            done += n
+        assert int(trainer.step.numpy()) == steps
+        assert totals[3] == steps * GLOBAL_BATCH and np.isfinite(totals[0])
+        return [v.numpy() for v in trainer.model.trainable_variables]
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("xla", [False, True])
+@pytest.mark.parametrize("steps_per_loop", [1, 3])
+def test_mirrored_gives_the_weights_of_one_device(xla, steps_per_loop):
+    one = one_device_weights(3)
+    mirrored = distribute.get_strategy("mirrored")
+    assert mirrored.num_replicas_in_sync == 2
+    two = trained_weights(mirrored, 3, steps_per_loop, xla=xla)
+    initial = one_device_weights(0)
+    assert any(not np.allclose(a, b) for a, b in zip(one, initial))  # training moved the weights
+    for a, b in zip(one, two):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("strategy_name", ["default", "mirrored"])
+@pytest.mark.parametrize("xla", [False, True])
+def test_mixed_bfloat16_trains_under_each_strategy(strategy_name, xla):
+    weights = trained_weights(distribute.get_strategy(strategy_name), 2, 2, xla=xla, precision="mixed_bfloat16")
+    assert all(np.all(np.isfinite(w)) for w in weights)
+    assert all(w.dtype == np.float32 for w in weights)  # variables stay float32
+
+
+@pytest.mark.parametrize("precision,xla", [("float32", False), ("mixed_bfloat16", True)])
+def test_train_on_default_strategy(tmp_path, precision, xla):
+    config = TrainConfig(**{**TINY, "precision": precision, "xla": xla}, model_dir=str(tmp_path), strategy="default")
+    result = train(config)
+    assert result["step"] == 2 and result["val_examples"] > 0
+    assert 0.0 <= result["val_top1"] <= result["val_top5"] <= 1.0
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["precision"] == precision and saved["xla"] == xla and saved["num_classes"] > 1
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1] and history[0]["images_per_sec"] > 0
+    assert tf.train.latest_checkpoint(tmp_path / "checkpoints").endswith("ckpt-2")
+    assert list((tmp_path / "logs").iterdir())  # TensorBoard events
+
+
+def test_mixed_float16_uses_loss_scaling(tmp_path):
+    result = train(TrainConfig(**{**TINY, "precision": "mixed_float16"}, model_dir=str(tmp_path), strategy="default"))
+    assert result["step"] == 2 and np.isfinite(result["val_loss"])
+
+
+def test_restart_resumes_and_finishes(tmp_path):
+    config = TrainConfig(**{**TINY, "epochs": 2}, model_dir=str(tmp_path), strategy="default")
+    first = train(dataclass_replace(config, epochs=1))
+    assert first["step"] == 2
+    second = train(config)
+    assert second["step"] == 4
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def dataclass_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def test_resuming_a_different_model_is_refused(tmp_path):
+    train(TrainConfig(**TINY, model_dir=str(tmp_path), strategy="default"))
+    with pytest.raises(UsageError, match="image_size=67.*--image_size"):
+        train(TrainConfig(**{**TINY, "image_size": 75}, model_dir=str(tmp_path), strategy="default"))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    good = TrainConfig(**TINY, model_dir=str(tmp_path), strategy="default")
+    train(good)
+    with pytest.raises(TrainingDiverged, match="ckpt-2"):
+        train(dataclass_replace(good, epochs=3, learning_rate=1e12))
+    assert tf.train.latest_checkpoint(tmp_path / "checkpoints").endswith("ckpt-2")
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"image_size": 50}, "--image_size=50 is below the minimum"),
+        ({"variant": "vgg"}, "--variant='vgg'"),
+        ({"lr_schedule": "linear"}, "--lr_schedule='linear'"),
+        ({"batch_size": 0}, "--batch_size=0"),
+        ({"model_dir": "/proc/alexnet"}, "--model_dir=/proc/alexnet is not writable"),
+    ],
+)
+def test_bad_config_is_refused_before_any_work(changes, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("'", "'")):
+        check_config(TrainConfig(**{**TINY, **changes}))
+
+
+def test_batch_must_divide_over_replicas(tmp_path):
+    with pytest.raises(UsageError, match="--batch_size=7 .* 2 replicas"):
+        train(TrainConfig(**{**TINY, "batch_size": 7}, model_dir=str(tmp_path), strategy="mirrored"))
+
+
+def run_script(*args, env=None, **kwargs):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), *args], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}, timeout=300, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--strategy=foo"], "--strategy"),
+        (["--strategy=tpu"], "no TPU found"),
+        (["--dataset=nonsense"], "nonsense"),
+        (["--image_size=40"], "--image_size=40"),
+    ],
+)
+def test_script_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    completed = run_script(*args, f"--model_dir={tmp_path}")
+    assert completed.returncode == 2, completed.stderr
+    lines = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def wait_for_checkpoint(model_dir, process, timeout=240):
+    state = pathlib.Path(model_dir) / "checkpoints" / "checkpoint"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if state.exists() and process.poll() is None:
+            return int(tf.train.latest_checkpoint(state.parent).rsplit("-", 1)[1])
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint appeared")
+
+
+LONG_RUN = [f"--dataset={SHAPES}", f"--image_size={SIZE}", "--batch_size=4", "--epochs=1", "--steps_per_epoch=400",
+            "--checkpoint_steps=2", "--export_dir=", "--precision=float32"]
+
+
+def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(tmp_path):
+    process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *LONG_RUN, f"--model_dir={tmp_path}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    saved_step = wait_for_checkpoint(tmp_path, process)
+    process.kill()
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    last = int(tf.train.latest_checkpoint(tmp_path / "checkpoints").rsplit("-", 1)[1])
+    assert last >= saved_step >= 2
+    resumed = run_script(*[a for a in LONG_RUN if not a.startswith("--steps_per_epoch")], f"--steps_per_epoch={last + 2}",
+                         f"--model_dir={tmp_path}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"at step {last}" in resumed.stdout
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["step"] == last + 2
+
+
+def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path):
+    process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *LONG_RUN, "--checkpoint_steps=100",
+                                f"--model_dir={tmp_path}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    # Wait until training runs (a progress line), then ask it to stop.
+    deadline = time.time() + 240
+    for line in process.stdout:
+        if "img/s" in line or time.time() > deadline:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "rerun the same command to resume" in stderr
+    step = int(tf.train.latest_checkpoint(tmp_path / "checkpoints").rsplit("-", 1)[1])
+    assert 0 < step < 100  # saved at SIGTERM, not at a regular checkpoint
+
+
+def test_multi_worker_on_localhost(tmp_path):
+    ports = [_free_port(), _free_port()]
+    cluster = {"worker": [f"localhost:{port}" for port in ports]}
+    script = (
+        "import sys, numpy as np\n"
+        "from keras_alexnet.training import TrainConfig, train\n"
+        f"r = train(TrainConfig(dataset={SHAPES!r}, image_size={SIZE}, batch_size=8, epochs=1, steps_per_epoch=3,"
+        f" precision='float32', xla=False, dropout=0.0, strategy='multi_worker', model_dir={str(tmp_path / 'run')!r},"
+        f" export_dir={str(tmp_path / 'export')!r}))\n"
+        "np.savez(sys.argv[1], *[v.numpy() for v in r['model'].trainable_variables])\n"
+        "print('STEP', r['step'])\n"
+    )
+    processes = []
+    for index in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        processes.append(subprocess.Popen([sys.executable, "-c", script, str(tmp_path / f"w{index}.npz")],
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for process, (stdout, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr
+        assert "STEP 3" in stdout
+    w0, w1 = np.load(tmp_path / "w0.npz"), np.load(tmp_path / "w1.npz")
+    assert len(w0.files) == 16
+    for name in w0.files:
+        np.testing.assert_array_equal(w0[name], w1[name])
+    # Only the chief (worker 0) wrote checkpoints, logs, history, config and the export.
+    assert "training" in outputs[0][0] and "training" not in outputs[1][0]
+    assert tf.train.latest_checkpoint(tmp_path / "run" / "checkpoints").endswith("ckpt-3")
+    assert len(list((tmp_path / "run" / "logs").iterdir())) == 1
+    assert len((tmp_path / "run" / "history.jsonl").read_text().splitlines()) == 1
+    assert [p.name for p in (tmp_path / "export").iterdir()] == ["1"]
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
