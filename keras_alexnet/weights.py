@@ -131,8 +131,11 @@ def convention_of(path):
     if lower.endswith(_TORCH_SUFFIXES):
         return "torchvision"
     if lower.endswith(".keras"):
-        with zipfile.ZipFile(path) as archive:
-            config = archive.read("config.json").decode("utf-8")
+        try:
+            with zipfile.ZipFile(path) as archive:
+                config = archive.read("config.json").decode("utf-8")
+        except (zipfile.BadZipFile, KeyError):
+            raise UsageError(f"{path}: not a .keras model file.") from None
         for convention in ("caffe", "torchvision"):
             if f'"convention": "{convention}"' in config:
                 return convention
@@ -189,7 +192,7 @@ def read_weights(path, allow_pickle=False):
     _check_file(path)
     lower = path.lower()
     if lower.endswith(".keras"):
-        model = keras.saving.load_model(path, compile=False)
+        model = _load_keras_model(path)
         layers = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers if layer.name in LAYERS}
         return SourceWeights(convention, _model_variant(model), layers, path)
     if lower.endswith(_TORCH_SUFFIXES):
@@ -254,8 +257,10 @@ def build_from_weights(path, allow_pickle=False, image_size=None):
     if isinstance(path, SourceWeights):
         source = path
     elif os.fspath(path).lower().endswith(".keras"):
-        _check_file(os.fspath(path))
-        return keras.saving.load_model(path, compile=False)
+        model = _load_keras_model(os.fspath(path))
+        if image_size is not None and model.input_shape[1] != image_size:
+            raise UsageError(f"{path} holds a model for {model.input_shape[1]}x{model.input_shape[1]} input, not {image_size}.")
+        return model
     else:
         source = read_weights(path, allow_pickle=allow_pickle)
     from keras_alexnet import model as model_lib  # here: model.py imports this module lazily too
@@ -542,7 +547,8 @@ def _read_torch_state_dict(path):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise UsageError(f"{path}: expected a state_dict (a dict of tensors), found {type(state).__name__}.")
-    return {key.removeprefix("module."): value.detach().cpu().numpy() for key, value in state.items() if hasattr(value, "detach")}
+    return {key.removeprefix("module."): value.detach().cpu().float().numpy()
+            for key, value in state.items() if hasattr(value, "is_floating_point") and value.is_floating_point()}
 
 
 def _torchvision_to_keras(state, path):
@@ -559,6 +565,17 @@ def _torchvision_to_keras(state, path):
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def _load_keras_model(path):
+    _check_file(path)
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except (zipfile.BadZipFile, ValueError, TypeError) as error:
+        raise UsageError(f"{path}: not a .keras model that keras_alexnet can read ({str(error).splitlines()[0]}).") from None
+    if not isinstance(model, keras.Model) or "conv1" not in [layer.name for layer in model.layers]:
+        raise UsageError(f"{path}: not an AlexNet built by keras_alexnet (no conv1 layer).")
+    return model
 
 
 def _check_file(path):

@@ -57,7 +57,8 @@ def load_queries(paths, image_size):
         try:
             image = augment.decode_image(tf.io.read_file(path))
         except (tf.errors.InvalidArgumentError, ValueError) as error:
-            raise UsageError(f"--queries: {path} is not a JPEG, PNG, GIF or BMP image ({str(error).splitlines()[0]}).") from None
+            reason = str(error).split("}}")[-1].split("[Op:")[0].strip()  # TensorFlow's message without its op prefix
+            raise UsageError(f"--queries: {path} is not a JPEG, PNG, GIF or BMP image ({reason}).") from None
         views.append(np.asarray(augment.center_view(image, image_size)))
     return np.stack(views)
 

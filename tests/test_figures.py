@@ -197,3 +197,21 @@ def test_script_errors_are_one_line(tmp_path):
     done = run_script("nearest_neighbors.py", f"--weights={tmp_path / 'missing.npz'}", "--dataset=shapes")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+def test_load_model_from_a_model_dir(tmp_path, model):
+    """--model_dir: the model_dir layout of keras_alexnet.checkpoints (config.json + checkpoints/)."""
+    import tensorflow as tf
+
+    from keras_alexnet import checkpoints
+
+    model_dir = str(tmp_path / "run")
+    checkpoints.write_config(model_dir, {"variant": "paper", "groups": 2, "image_size": 67, "num_classes": 10,
+                                         "class_names": [str(i) for i in range(10)], "dataset": SHAPES})
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), checkpoints.checkpoint_dir(model_dir), max_to_keep=1)
+    manager.save(checkpoint_number=1)
+    restored, config = figures.load_model(model_dir=model_dir)
+    assert config["dataset"] == SHAPES
+    np.testing.assert_array_equal(figures.conv1_kernels(restored), figures.conv1_kernels(model))
+    with pytest.raises(ValueError, match="exactly one"):
+        figures.load_model()
