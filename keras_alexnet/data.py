@@ -565,15 +565,15 @@ def make_dataset(
 def _distribute(dataset, address, training):
     """Run the pipeline on the workers of a tf.data service dispatcher at `address`.
 
-    Training: every worker runs the whole (infinite, shuffled) pipeline with its own random
-    stream (ShardingPolicy.OFF). Evaluation: the dispatcher hands out the examples dynamically so
-    each is seen once (ShardingPolicy.DYNAMIC).
+    ShardingPolicy.DYNAMIC: the dispatcher hands the source's elements (files, records) out to
+    the workers, so in evaluation each example is seen once, and in training two workers do not
+    produce the same stream (with ShardingPolicy.OFF every worker would run the whole pipeline
+    with the same seed).
     """
     if not re.fullmatch(r"grpc://[^:/]+:\d+", address):
         raise UsageError(f"data service address {address!r} must look like grpc://host:port")
     policy = tf.data.experimental.service.ShardingPolicy
-    return dataset.apply(tf.data.experimental.service.distribute(
-        processing_mode=policy.OFF if training else policy.DYNAMIC, service=address))
+    return dataset.apply(tf.data.experimental.service.distribute(processing_mode=policy.DYNAMIC, service=address))
 
 
 def compute_mean_image(spec, image_size, *, num_images=10_000, data_dir=None, manual_dir=None, batch_size=64):

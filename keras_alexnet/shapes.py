@@ -204,7 +204,7 @@ def encoded_split(config, split):
 
 
 def save_grid(path, config=ShapesConfig(), per_class=8):
-    """Write a PNG of `per_class` training images of every class (one row per class), for docs."""
+    """Write an image (format from the file name) of `per_class` training images of every class (one row per class), for docs."""
     images, labels = generate(per_class * len(CLASS_NAMES) * 3, seed=[config.seed, 0], size=config.size)
     rows = []
     for label in range(len(CLASS_NAMES)):
