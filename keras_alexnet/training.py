@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import checkpoints, data, distribute, optimization
+from keras_alexnet import checkpoints, data, distribute, evaluation, optimization
 from keras_alexnet.errors import UsageError
 from keras_alexnet.logs import Progress, RunLog
 from keras_alexnet.model import VARIANTS, INITS, min_input_size
@@ -187,7 +187,6 @@ class Trainer:
             **self.plateau.checkpoint_items(),
         )
         self._train_loop = self._make_train_loop()
-        self._eval_step = self._make_eval_step()
 
     def learning_rate(self):
         return float(self.schedule(self.step))
@@ -236,35 +235,11 @@ class Trainer:
 
         return train_loop
 
-    def _make_eval_step(self):
-        model = self.model
-
-        def replica_eval(images, labels):
-            logits = tf.cast(model(images, training=False), tf.float32)
-            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)
-            return self._statistics(logits, labels, per_example)
-
-        @tf.function(reduce_retracing=True)
-        def eval_step(images, labels):
-            statistics = self.strategy.run(replica_eval, args=(images, labels))
-            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, statistics, axis=None)
-
-        return eval_step
-
     # -- public steps ---------------------------------------------------------------------------
 
     def train_steps(self, iterator, steps):
         """Run `steps` training steps; returns summed [loss, top1, top5, count] over them."""
         return self._train_loop(iterator, tf.constant(steps, tf.int64)).numpy()
-
-    def evaluate(self, distributed_dataset):
-        """Loss, top-1 and top-5 accuracy over a whole (non-repeated) distributed dataset."""
-        totals = np.zeros(4)
-        for images, labels in distributed_dataset:
-            totals += self._eval_step(images, labels).numpy()
-        count = max(totals[3], 1.0)
-        return {"loss": totals[0] / count, "top1": totals[1] / count, "top5": totals[2] / count,
-                "examples": int(totals[3])}
 
 
 def _dataset_fn(config, split, training, seed):
@@ -326,7 +301,12 @@ def train(config, strategy=None, stream=None):
     start_step = int(trainer.step.numpy())
     total_steps = config.epochs * config.steps_per_epoch
     train_data = strategy.distribute_datasets_from_function(_dataset_fn(config, "train", True, config.seed + start_step))
-    eval_data = strategy.distribute_datasets_from_function(_dataset_fn(config, "validation", False, config.seed))
+    eval_fn = _dataset_fn(config, "validation", False, config.seed)
+
+    def evaluate_held_out():
+        metrics = evaluation.evaluate(evaluation.model_probabilities(trainer.model), eval_fn, strategy)
+        return {"loss": metrics["loss"], "top1": metrics["top1_accuracy"], "top5": metrics["top5_accuracy"],
+                "examples": metrics["num_examples"]}
     iterator = iter(train_data)
     say(f"training {config.variant} AlexNet ({trainer.model.count_params():,} parameters) on {config.dataset} "
         f"({info.num_examples['train']} train / {info.num_examples.get('validation', 0)} held-out, {info.num_classes} classes), "
@@ -370,7 +350,7 @@ def train(config, strategy=None, stream=None):
                     raise Preempted(f"SIGTERM: saved a checkpoint at step {step} in {checkpoint_dir}; rerun the same command to resume.")
 
             trainer.epoch.assign(epoch + 1)
-            held_out = trainer.evaluate(eval_data)
+            held_out = evaluate_held_out()
             dropped = config.lr_schedule == "plateau" and trainer.plateau.update(1.0 - held_out["top1"])
             _save(manager, step)
             record = {
@@ -393,7 +373,7 @@ def train(config, strategy=None, stream=None):
                 )
             result = {"step": step, "epoch": epoch + 1, **{f"val_{k}": v for k, v in held_out.items()}}
         if not result:  # already trained to the end: evaluate what was restored
-            held_out = trainer.evaluate(eval_data)
+            held_out = evaluate_held_out()
             result = {"step": step, "epoch": config.epochs, **{f"val_{k}": v for k, v in held_out.items()}}
             say(f"already trained {step} steps; held-out top-1 {held_out['top1']:.3f}")
     finally:
