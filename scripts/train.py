@@ -69,6 +69,11 @@ def main(argv):
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}: flags are --name=value.", file=sys.stderr)
         sys.exit(2)
+    from absl import logging
+
+    # absl logs TensorFlow's INFO lines (checkpoint sharding, retracing notes) by default: keep
+    # the terminal for progress and results.
+    logging.set_verbosity(logging.WARNING)
     from keras_alexnet.errors import UsageError
     from keras_alexnet.training import Preempted, TrainConfig, TrainingDiverged, train
 
