@@ -13,7 +13,9 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+import _cli as cli
 
 flags.DEFINE_string("model_dir", None, "A training run's directory (config.json and checkpoints/).")
 flags.DEFINE_string("checkpoint", None, "A checkpoint path prefix in --model_dir (default: the newest).")
@@ -32,15 +34,6 @@ flags.DEFINE_string("output", None, "Write the JSON result here (default with --
 flags.DEFINE_integer("log_every", 0, "Print progress every N steps (0: never).")
 
 FLAGS = flags.FLAGS
-
-
-def parse_flags(argv):
-    """absl's parser, but a bad flag is one line on stderr and exit code 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        print(f"error: {error}. See --helpfull.", file=sys.stderr)
-        sys.exit(2)
 
 
 def run():
@@ -113,24 +106,13 @@ def run():
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}: flags are --name=value.", file=sys.stderr)
-        sys.exit(2)
     # Checked before TensorFlow is imported, so a wrong command line answers at once.
     if bool(FLAGS.model_dir) == bool(FLAGS.saved_model):
-        print("error: pass exactly one of --model_dir (a training run) or --saved_model (an export).", file=sys.stderr)
-        sys.exit(2)
+        cli.fail("pass exactly one of --model_dir (a training run) or --saved_model (an export).")
     if FLAGS.batch_size < 1:
-        print(f"error: --batch_size={FLAGS.batch_size}: use a positive number.", file=sys.stderr)
-        sys.exit(2)
-    from keras_alexnet.errors import UsageError
-
-    try:
-        run()
-    except (UsageError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(f"--batch_size={FLAGS.batch_size}: use a positive number.")
+    run()
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main)

@@ -8,9 +8,9 @@ overwritten) with the `serving_default` (JPEG/PNG bytes) and `predict_images` si
 TF Serving warm-up requests. See docs/serving.md.
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
+import _cli as cli
 
 flags.DEFINE_string("model_dir", None, "A training run's directory (config.json and checkpoints/).", required=True)
 flags.DEFINE_string("checkpoint", None, "A checkpoint path prefix in --model_dir (default: the newest).")
@@ -21,34 +21,17 @@ flags.DEFINE_string("model_name", None, "Model name in the warm-up requests (def
 FLAGS = flags.FLAGS
 
 
-def parse_flags(argv):
-    """absl's parser, but a bad flag is one line on stderr and exit code 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        print(f"error: {error}. See --helpfull.", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}: flags are --name=value.", file=sys.stderr)
-        sys.exit(2)
     from keras_alexnet import checkpoints, export
-    from keras_alexnet.errors import UsageError
 
-    try:
-        model, config = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint)
-        class_names = config.get("class_names") or [str(i) for i in range(int(config["num_classes"]))]
-        path = export.export_saved_model(
-            model, FLAGS.export_base, class_names=class_names, image_size=int(config["image_size"]),
-            version=FLAGS.version, model_name=FLAGS.model_name,
-        )
-    except (UsageError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    model, config = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint)
+    class_names = config.get("class_names") or [str(i) for i in range(int(config["num_classes"]))]
+    path = export.export_saved_model(
+        model, FLAGS.export_base, class_names=class_names, image_size=int(config["image_size"]),
+        version=FLAGS.version, model_name=FLAGS.model_name,
+    )
     print(path)
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main)

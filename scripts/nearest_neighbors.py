@@ -11,9 +11,10 @@ ImageNet's 1.28M training images), never held in memory; the search reads them i
 """
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
+
+import _cli as cli
 
 flags.DEFINE_string("model_dir", None, "A training run's directory (config.json and checkpoints/).")
 flags.DEFINE_string("weights", None, "A weight file instead: .keras, Caffe .caffemodel/.npz/.npy, torchvision .pth.")
@@ -31,15 +32,6 @@ flags.DEFINE_string("features_dir", None, "Where to write the activations (defau
 flags.DEFINE_string("out", "fig4.png", "The PNG to write.")
 
 FLAGS = flags.FLAGS
-
-
-def parse_flags(argv):
-    """absl's parser, but a bad flag is one line on stderr and exit code 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        print(f"error: {error}. See --helpfull.", file=sys.stderr)
-        sys.exit(2)
 
 
 def load_queries(paths, image_size):
@@ -85,31 +77,18 @@ def run():
 
 
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}: flags are --name=value.", file=sys.stderr)
-        sys.exit(2)
     if bool(FLAGS.model_dir) == bool(FLAGS.weights):
-        print("error: pass exactly one of --model_dir (a training run) or --weights (a weight file).", file=sys.stderr)
-        sys.exit(2)
+        cli.fail("pass exactly one of --model_dir (a training run) or --weights (a weight file).")
     # Checked before TensorFlow is imported, so a wrong path answers at once.
     if FLAGS.weights and not os.path.isfile(FLAGS.weights):
-        print(f"error: --weights={FLAGS.weights}: no such file.", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(f"--weights={FLAGS.weights}: no such file.")
     if FLAGS.model_dir and not os.path.isfile(os.path.join(FLAGS.model_dir, "config.json")):
-        print(f"error: --model_dir={FLAGS.model_dir} has no config.json: pass a directory written by scripts/train.py.", file=sys.stderr)
-        sys.exit(2)
+        cli.fail(f"--model_dir={FLAGS.model_dir} has no config.json: pass a directory written by scripts/train.py.")
     for name in ("num_queries", "k", "batch_size"):
         if getattr(FLAGS, name) < 1:
-            print(f"error: --{name}={getattr(FLAGS, name)}: use a positive number.", file=sys.stderr)
-            sys.exit(2)
-    from keras_alexnet.errors import UsageError
-
-    try:
-        run()
-    except (UsageError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+            cli.fail(f"--{name}={getattr(FLAGS, name)}: use a positive number.")
+    run()
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main)

@@ -10,22 +10,15 @@ one-line error on stderr and the other images are still answered; the exit code 
 
 import sys
 
-from absl import app, flags
+from absl import flags
+
+import _cli as cli
 
 flags.DEFINE_string("saved_model", None, "A SavedModel version folder written by scripts/export.py.")
 flags.DEFINE_string("model_dir", None, "A training run's directory (config.json and checkpoints/).")
 flags.DEFINE_string("checkpoint", None, "A checkpoint path prefix in --model_dir (default: the newest).")
 
 FLAGS = flags.FLAGS
-
-
-def parse_flags(argv):
-    """absl's parser, but a bad flag is one line on stderr and exit code 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        print(f"error: {error}. See --helpfull.", file=sys.stderr)
-        sys.exit(2)
 
 
 def load_predictor():
@@ -56,18 +49,10 @@ def error_line(error):
 def main(argv):
     paths = argv[1:]
     if not paths:
-        print("error: name one or more image files: predict.py IMAGE ... --saved_model PATH", file=sys.stderr)
-        sys.exit(2)
+        cli.fail("name one or more image files: predict.py IMAGE ... --saved_model PATH")
     if bool(FLAGS.saved_model) == bool(FLAGS.model_dir):
-        print("error: pass exactly one of --saved_model (an export) or --model_dir (a training run).", file=sys.stderr)
-        sys.exit(2)
-    from keras_alexnet.errors import UsageError
-
-    try:
-        predict = load_predictor()
-    except (UsageError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail("pass exactly one of --saved_model (an export) or --model_dir (a training run).")
+    predict = load_predictor()
 
     import tensorflow as tf
 
@@ -94,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, positional=True)

@@ -16,7 +16,7 @@ import sys
 import urllib.error
 import urllib.request
 
-from absl import app, flags
+from absl import flags
 
 
 def define_flags():
@@ -132,26 +132,15 @@ def predict_one(image):
     return grpc_predict(FLAGS.grpc_target, request, FLAGS.timeout)[0]
 
 
-def parse_flags(argv):
-    """absl's parser, but a bad flag is one line on stderr and exit code 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        print(f"error: {error}. See --helpfull.", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv):
     paths = argv[1:]
     if not paths:
-        print("error: name one or more image files: serving_client.py IMAGE ...", file=sys.stderr)
-        sys.exit(2)
+        cli.fail("name one or more image files: serving_client.py IMAGE ...")
     if FLAGS.protocol == "grpc":
         try:
             import tensorflow_serving.apis  # noqa: F401
         except ImportError:
-            print("error: --protocol grpc needs tensorflow-serving-api: pip install 'keras_alexnet[serving]'.", file=sys.stderr)
-            sys.exit(2)
+            cli.fail("--protocol grpc needs tensorflow-serving-api: pip install 'keras_alexnet[serving]'.")
     failed = 0
     for path in paths:
         try:
@@ -168,5 +157,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    import _cli as cli  # here, not at the top: tests load this file from elsewhere for its request builders
+
     define_flags()
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, positional=True)

@@ -9,7 +9,9 @@ Rerunning the same command resumes from the newest checkpoint in --model_dir.
 
 import sys
 
-from absl import app, flags
+from absl import flags
+
+import _cli as cli
 
 # Demo defaults: the built-in shapes data, sized to finish on a 2-core CPU in under 10 minutes
 # (see README). For ImageNet use --image_size 227 --batch_size 128 --epochs 90.
@@ -56,36 +58,19 @@ flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
 FLAGS = flags.FLAGS
 
 
-def parse_flags(argv):
-    """absl's parser, but a bad flag is one line on stderr and exit code 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        print(f"error: {error}. See --helpfull.", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv):
-    if len(argv) > 1:
-        print(f"error: unexpected arguments {argv[1:]}: flags are --name=value.", file=sys.stderr)
-        sys.exit(2)
     from absl import logging
 
     # absl logs TensorFlow's INFO lines (checkpoint sharding, retracing notes) by default: keep
     # the terminal for progress and results.
     logging.set_verbosity(logging.WARNING)
-    from keras_alexnet.errors import UsageError
     from keras_alexnet.training import Preempted, TrainConfig, TrainingDiverged, train
 
     config = TrainConfig(**{field: FLAGS[field].value for field in TrainConfig.__dataclass_fields__ if field in FLAGS})
     try:
         result = train(config)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     except TrainingDiverged as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+        cli.fail(error, code=1)
     except Preempted as error:
         print(str(error), file=sys.stderr)
         sys.exit(143)
@@ -96,4 +81,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main)

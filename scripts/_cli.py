@@ -1,0 +1,65 @@
+"""Command-line plumbing shared by scripts/: one-line errors and exit codes.
+
+A script defines its absl flags and a `main(argv)`, and ends with `cli.run(main)`. Bad user input
+(an unknown or malformed flag, a stray positional argument, a `keras_alexnet.errors.UsageError`
+or a `FileNotFoundError` out of `main`) is then one line `error: ...` on stderr and exit code 2,
+with no traceback.
+
+This module only parses argv and handles errors: it reads no flag values (the library never
+reads flags). It sits beside the scripts, not in keras_alexnet, and imports only the standard
+library and absl: `keras_alexnet/__init__.py` imports TensorFlow (seconds), and the scripts answer
+usage errors before that; serving_client.py's REST path needs no TensorFlow at all. A script
+imports it as `import _cli as cli` (Python puts the script's folder first on sys.path).
+"""
+
+import sys
+
+from absl import app, flags
+
+USAGE_EXIT_CODE = 2
+
+
+def fail(message, code=USAGE_EXIT_CODE):
+    """Print `error: message` on stderr and exit with `code` (2: bad user input)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def parse_flags(argv, flag_values=flags.FLAGS):
+    """absl's parser, but a bad flag is one line on stderr and exit code 2. Returns the positional
+    arguments (argv[0] first)."""
+    try:
+        return flag_values(argv)
+    except flags.Error as error:
+        fail(f"{error}. See --helpfull.")
+
+
+def is_usage_error(error):
+    """A keras_alexnet.errors.UsageError or a FileNotFoundError (a user path that is not there).
+
+    keras_alexnet.errors is looked up, not imported: importing it imports TensorFlow, and a
+    UsageError can only have been raised once that module is loaded.
+    """
+    errors = sys.modules.get("keras_alexnet.errors")
+    return isinstance(error, FileNotFoundError) or (errors is not None and isinstance(error, errors.UsageError))
+
+
+def run(main, positional=False, argv=None):
+    """absl's `app.run(main)` with `parse_flags`; refuses positional arguments unless `positional`,
+    and turns a usage error (`is_usage_error`) raised by `main` into one line and exit code 2.
+
+    `main(argv)` may return an exit code or call `sys.exit` itself; other exit codes and other
+    exceptions pass through. `argv` defaults to sys.argv.
+    """
+
+    def checked_main(argv):
+        if not positional and len(argv) > 1:
+            fail(f"unexpected arguments {argv[1:]}: flags are --name=value.")
+        try:
+            return main(argv)
+        except Exception as error:
+            if not is_usage_error(error):
+                raise
+            fail(error)
+
+    app.run(checked_main, argv=argv, flags_parser=parse_flags)

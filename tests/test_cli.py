@@ -1,0 +1,135 @@
+"""scripts/_cli.py: one-line errors and exit codes for scripts/ (no TensorFlow work)."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from keras_alexnet.errors import UsageError
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+
+
+def load_cli():
+    spec = importlib.util.spec_from_file_location("_cli", os.path.join(SCRIPTS, "_cli.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cli = load_cli()
+
+
+def test_importing_it_imports_neither_tensorflow_nor_keras_alexnet():
+    """The scripts answer usage errors before TensorFlow is imported (seconds)."""
+    code = ("import sys; import _cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'keras_alexnet')))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=SCRIPTS, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def exit_code(excinfo):
+    return excinfo.value.code
+
+
+def test_fail_prints_one_line_and_exits_2(capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        cli.fail("--batch_size=0: use a positive number.")
+    assert exit_code(excinfo) == 2
+    captured = capsys.readouterr()
+    assert captured.err == "error: --batch_size=0: use a positive number.\n"
+    assert captured.out == ""
+
+
+def test_fail_takes_an_exception_and_another_code(capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        cli.fail(RuntimeError("loss is NaN at step 3"), code=1)
+    assert exit_code(excinfo) == 1
+    assert capsys.readouterr().err == "error: loss is NaN at step 3\n"
+
+
+@pytest.fixture
+def flag_values():
+    values = flags.FlagValues()
+    flags.DEFINE_integer("batch_size", 32, "Images per batch.", flag_values=values)
+    flags.DEFINE_enum("crops", "1", ["1", "10"], "Views per image.", flag_values=values)
+    return values
+
+
+def test_parse_flags_returns_positional_arguments(flag_values):
+    assert cli.parse_flags(["prog", "--batch_size=8", "a.jpg"], flag_values) == ["prog", "a.jpg"]
+    assert flag_values.batch_size == 8
+
+
+@pytest.mark.parametrize(
+    "argument,message",
+    [
+        ("--no_such_flag", "error: Unknown command line flag 'no_such_flag'. See --helpfull."),
+        ("--batch_size=many", "error: flag --batch_size=many: invalid literal for int() with base 10: 'many'. See --helpfull."),
+        ("--crops=5", "error: flag --crops=5: value should be one of <1|10>. See --helpfull."),
+    ],
+)
+def test_parse_flags_errors_are_one_line_and_exit_2(flag_values, capsys, argument, message):
+    with pytest.raises(SystemExit) as excinfo:
+        cli.parse_flags(["prog", argument], flag_values)
+    assert exit_code(excinfo) == 2
+    assert capsys.readouterr().err == message + "\n"
+
+
+def run(main, argv, positional=False):
+    """cli.run on argv; returns the exit code (absl's app.run always exits)."""
+    with pytest.raises(SystemExit) as excinfo:
+        cli.run(main, positional=positional, argv=argv)
+    return exit_code(excinfo)
+
+
+def test_run_returns_main_exit_code_and_passes_positional_arguments():
+    seen = []
+
+    def main(argv):
+        seen.append(argv)
+        return 1
+
+    assert run(main, ["prog", "a.jpg", "b.png"], positional=True) == 1
+    assert seen == [["prog", "a.jpg", "b.png"]]
+
+
+def test_run_refuses_positional_arguments_unless_asked(capsys):
+    called = []
+    assert run(called.append, ["prog", "stray"]) == 2
+    assert called == []
+    assert capsys.readouterr().err == "error: unexpected arguments ['stray']: flags are --name=value.\n"
+
+
+@pytest.mark.parametrize(
+    "error,line",
+    [
+        (UsageError("--dataset=nonsense: not a dataset."), "error: --dataset=nonsense: not a dataset.\n"),
+        (FileNotFoundError("/data/x/config.json not found."), "error: /data/x/config.json not found.\n"),
+    ],
+)
+def test_run_turns_usage_errors_into_one_line_and_exit_2(capsys, error, line):
+    def main(argv):
+        raise error
+
+    assert run(main, ["prog"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == line
+    assert "Traceback" not in captured.err
+
+
+def test_run_lets_other_exits_and_errors_through(capsys):
+    def preempted(argv):
+        raise SystemExit(143)
+
+    assert run(preempted, ["prog"]) == 143
+
+    def broken(argv):
+        raise RuntimeError("a bug, not bad input")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.run(broken, argv=["prog"])
