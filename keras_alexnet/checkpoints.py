@@ -63,6 +63,11 @@ def build_from_config(config, **kwargs):
     )
 
 
+def class_names(config):
+    """The run's class names; "0", "1", ... for a config written without them."""
+    return config.get("class_names") or [str(i) for i in range(int(config["num_classes"]))]
+
+
 def latest_checkpoint(model_dir):
     """Path prefix of the newest checkpoint in model_dir, or None."""
     return tf.train.latest_checkpoint(checkpoint_dir(model_dir))

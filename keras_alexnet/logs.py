@@ -3,7 +3,6 @@
 import json
 import os
 import sys
-import time
 
 import tensorflow as tf
 
@@ -83,11 +82,3 @@ class RunLog:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())
-
-
-class Timer:
-    def __init__(self):
-        self.start = time.perf_counter()
-
-    def elapsed(self):
-        return time.perf_counter() - self.start

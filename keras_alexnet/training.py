@@ -10,7 +10,6 @@ devices). Progress, checkpoints, evaluation and the schedule run in Python betwe
 """
 
 import dataclasses
-import math
 import os
 import shutil
 import signal
@@ -21,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import checkpoints, data, distribute, evaluation, optimization
+from keras_alexnet import checkpoints, data, distribute, evaluation, export, optimization
 from keras_alexnet.errors import UsageError
 from keras_alexnet.logs import Progress, RunLog
 from keras_alexnet.model import VARIANTS, INITS, min_input_size
@@ -150,7 +149,7 @@ def resolve(config, strategy, info):
     return dataclasses.replace(
         config,
         precision=config.precision or distribute.default_precision(kind, strategy),
-        # XLA: on for accelerators; on CPU the measured default (docs/performance.md) is off.
+        # XLA: on for accelerators; off on CPU until it is measured there (issue 6).
         xla=config.xla if config.xla is not None else kind in ("gpu", "tpu"),
         learning_rate=config.learning_rate or optimization.scaled_learning_rate(config.batch_size),
         steps_per_epoch=steps_per_epoch,
@@ -284,7 +283,7 @@ def train(config, strategy=None, stream=None):
 
     trainer = Trainer(config, strategy, info.num_classes)
     checkpoint_dir = checkpoints.checkpoint_dir(config.model_dir)
-    restored = tf.train.latest_checkpoint(checkpoint_dir)
+    restored = checkpoints.latest_checkpoint(config.model_dir)
     if restored:
         trainer.checkpoint.restore(restored).assert_existing_objects_matched()
         say(f"resumed from {restored} at step {int(trainer.step.numpy())}")
@@ -382,7 +381,8 @@ def train(config, strategy=None, stream=None):
             shutil.rmtree(write_dir, ignore_errors=True)
 
     if chief and config.export_dir:
-        result["export_path"] = _export(trainer.model, config, info)
+        result["export_path"] = export.export_saved_model(
+            trainer.model, config.export_dir, class_names=list(info.class_names), image_size=config.image_size)
         say(f"exported SavedModel to {result['export_path']}")
     result["model"] = trainer.model
     return result
@@ -407,9 +407,3 @@ def _save(manager, step):
             f"could not write a checkpoint to {manager.directory} ({message.strip().splitlines()[0]}): "
             "free disk space or choose another --model_dir; earlier checkpoints are intact."
         ) from None
-
-
-def _export(model, config, info):
-    from keras_alexnet.export import export_saved_model
-
-    return export_saved_model(model, config.export_dir, class_names=list(info.class_names), image_size=config.image_size)

@@ -12,6 +12,7 @@ usage errors before that; serving_client.py's REST path needs no TensorFlow at a
 imports it as `import _cli as cli` (Python puts the script's folder first on sys.path).
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -23,6 +24,19 @@ def fail(message, code=USAGE_EXIT_CODE):
     """Print `error: message` on stderr and exit with `code` (2: bad user input)."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
+
+
+def require_model_source(model_dir, weights):
+    """Exactly one of --model_dir (a training run) or --weights (a weight file), and it exists.
+
+    Checked before TensorFlow is imported, so a wrong path answers at once.
+    """
+    if bool(model_dir) == bool(weights):
+        fail("pass exactly one of --model_dir (a training run) or --weights (a weight file).")
+    if weights and not os.path.isfile(weights):
+        fail(f"--weights={weights}: no such file.")
+    if model_dir and not os.path.isfile(os.path.join(model_dir, "config.json")):
+        fail(f"--model_dir={model_dir} has no config.json: pass a directory written by scripts/train.py.")
 
 
 def parse_flags(argv, flag_values=flags.FLAGS):

@@ -25,7 +25,7 @@ def main(argv):
     from keras_alexnet import checkpoints, export
 
     model, config = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint)
-    class_names = config.get("class_names") or [str(i) for i in range(int(config["num_classes"]))]
+    class_names = checkpoints.class_names(config)
     path = export.export_saved_model(
         model, FLAGS.export_base, class_names=class_names, image_size=int(config["image_size"]),
         version=FLAGS.version, model_name=FLAGS.model_name,

@@ -77,13 +77,7 @@ def run():
 
 
 def main(argv):
-    if bool(FLAGS.model_dir) == bool(FLAGS.weights):
-        cli.fail("pass exactly one of --model_dir (a training run) or --weights (a weight file).")
-    # Checked before TensorFlow is imported, so a wrong path answers at once.
-    if FLAGS.weights and not os.path.isfile(FLAGS.weights):
-        cli.fail(f"--weights={FLAGS.weights}: no such file.")
-    if FLAGS.model_dir and not os.path.isfile(os.path.join(FLAGS.model_dir, "config.json")):
-        cli.fail(f"--model_dir={FLAGS.model_dir} has no config.json: pass a directory written by scripts/train.py.")
+    cli.require_model_source(FLAGS.model_dir, FLAGS.weights)
     for name in ("num_queries", "k", "batch_size"):
         if getattr(FLAGS, name) < 1:
             cli.fail(f"--{name}={getattr(FLAGS, name)}: use a positive number.")

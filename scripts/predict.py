@@ -33,7 +33,7 @@ def load_predictor():
         signature = tf.saved_model.load(FLAGS.saved_model).signatures[export.SERVING_SIGNATURE]
         return lambda image_bytes: signature(**{export.IMAGE_BYTES_INPUT: image_bytes})
     model, config = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint)
-    class_names = config.get("class_names") or [str(i) for i in range(int(config["num_classes"]))]
+    class_names = checkpoints.class_names(config)
     return export.ServingModule(model, class_names, int(config["image_size"])).serve_image_bytes
 
 

@@ -7,8 +7,6 @@ Each kernel is scaled to its own range. In the paper's two-column net the kernel
 column 1 (GPU 1) and column 2 (GPU 2) are drawn as two blocks of 48.
 """
 
-import os
-
 from absl import flags
 
 import _cli as cli
@@ -23,13 +21,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if bool(FLAGS.model_dir) == bool(FLAGS.weights):
-        cli.fail("pass exactly one of --model_dir (a training run) or --weights (a weight file).")
-    # Checked before TensorFlow is imported, so a wrong path answers at once.
-    if FLAGS.weights and not os.path.isfile(FLAGS.weights):
-        cli.fail(f"--weights={FLAGS.weights}: no such file.")
-    if FLAGS.model_dir and not os.path.isfile(os.path.join(FLAGS.model_dir, "config.json")):
-        cli.fail(f"--model_dir={FLAGS.model_dir} has no config.json: pass a directory written by scripts/train.py.")
+    cli.require_model_source(FLAGS.model_dir, FLAGS.weights)
     if FLAGS.per_row < 1:
         cli.fail(f"--per_row={FLAGS.per_row}: use a positive number.")
     from keras_alexnet import figures

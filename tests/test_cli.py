@@ -133,3 +133,28 @@ def test_run_lets_other_exits_and_errors_through(capsys):
 
     with pytest.raises(RuntimeError, match="a bug"):
         cli.run(broken, argv=["prog"])
+
+
+@pytest.mark.parametrize(
+    "model_dir,weights,message",
+    [
+        (None, None, "exactly one of --model_dir"),
+        ("run", "w.npz", "exactly one of --model_dir"),
+        (None, "missing.npz", "--weights=missing.npz: no such file"),
+        ("empty_run", None, "has no config.json"),
+    ],
+)
+def test_require_model_source_refuses_bad_sources(tmp_path, capsys, monkeypatch, model_dir, weights, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty_run").mkdir()
+    with pytest.raises(SystemExit) as excinfo:
+        cli.require_model_source(model_dir, weights)
+    assert exit_code(excinfo) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_require_model_source_accepts_a_run_or_a_file(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "w.npz").write_bytes(b"")
+    cli.require_model_source(str(tmp_path), None)
+    cli.require_model_source(None, str(tmp_path / "w.npz"))
