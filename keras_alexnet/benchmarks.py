@@ -1,23 +1,36 @@
-"""Benchmarks, one function per mode, each returning a dict (scripts/benchmark.py prints them).
+"""Benchmarks, one function per mode, each returning a dict (scripts/benchmark.py prints them;
+docs/performance.md has the figures and what they mean).
 
-    input: the training input pipeline's images/s (read, fused decode-and-crop, flip, lighting,
-           mean subtraction, batch) on a folder of ImageNet-sized JPEGs it writes itself,
-           against the plain full-image decode rate of the same files, with the same number of
-           threads, in the same run.
+    train: `train_benchmark`, steps of the project's training engine (`training.Trainer`) on a
+           synthetic batch already on the device: images/s, ms/step, achieved GFLOP/s and the
+           ceiling fraction (achieved over a large matmul in the same dtype, same device, same run).
+    infer: `infer_benchmark`, the Keras model and the exported SavedModel: batch-1 latency and
+           batch-N throughput, with the same figures.
+    input: `input_benchmark`, the training input pipeline's images/s (read, fused decode-and-crop,
+           flip, lighting, mean subtraction, batch) on a folder of ImageNet-sized JPEGs it writes
+           itself, against the plain full-image decode rate of the same files, with the same
+           number of threads, in the same run.
 
-Modes `train` and `infer` are added by their owners next to `input_benchmark`.
+`model_flops` counts a model's FLOPs from its own layers; `layer_profile` times each layer on its
+own (forward and backward) to show where a step's time goes.
 """
 
+import dataclasses
 import os
 import statistics
 import tempfile
 import time
+import types
 
+import keras
 import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from keras_alexnet import data
+from keras_alexnet import data, distribute, export, training
+from keras_alexnet.errors import UsageError
+from keras_alexnet.layers import TwoColumnConv2D
+from keras_alexnet.model import build
 
 
 def write_jpeg_folder(root, num_images=200, width=500, height=375, num_classes=2, seed=0, quality=90):
@@ -114,4 +127,314 @@ def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, im
     }
 
 
-MODES = {"input": input_benchmark}
+
+# -- FLOP count --------------------------------------------------------------------------------
+
+# Training one image: the forward pass, the gradient with respect to the activations and the
+# gradient with respect to the weights each cost about one forward pass (the usual convention,
+# and the issue's 4.35 GFLOP at 227). It slightly overcounts: conv1 needs no input gradient.
+TRAINING_FLOPS_FACTOR = 3
+
+
+def layer_flops(layer):
+    """Forward FLOPs per image of one layer: 2 x its multiply-adds for a convolution or a dense
+    layer (output positions x kernel size; a grouped kernel is (k, k, C/groups, F), so groups are
+    counted correctly), 0 for everything else (bias, ReLU, LRN, pooling, dropout are not counted).
+    """
+    if isinstance(layer, (TwoColumnConv2D, keras.layers.Conv2D)):
+        _, height, width, _ = layer.output.shape
+        return 2 * height * width * int(np.prod(layer.kernel.shape))
+    if isinstance(layer, keras.layers.Dense):
+        return 2 * int(np.prod(layer.kernel.shape))
+    return 0
+
+
+def model_flops(model):
+    """Forward FLOPs per image of a built model (the sum of `layer_flops`). The paper network at
+    227 with 1000 classes: 1,448,813,632 (724.4 M multiply-adds, ../shared/PAPER.md)."""
+    return sum(layer_flops(layer) for layer in model.layers)
+
+
+# -- the ceiling: a large matmul ---------------------------------------------------------------
+
+def _compute_dtype(precision):
+    return {"mixed_float16": tf.float16, "mixed_bfloat16": tf.bfloat16}.get(precision, tf.float32)
+
+
+def matmul_benchmark(strategy, dtype=tf.float32, size=4096, repeats=1):
+    """A function that returns the FLOP/s of a `size`^3 matmul in `dtype`, one on every replica
+    at once (so logical devices sharing the same cores share the rate), timed over `repeats`
+    calls. The first call compiles and warms up; call the result once per timed run."""
+    operands = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.cast(tf.random.uniform([size, size], -1.0, 1.0, seed=context.replica_id_in_sync_group), dtype))
+
+    @tf.function
+    def multiply(a):
+        # The sum keeps the whole product live; it costs size^2 against the matmul's size^3.
+        sums = strategy.run(lambda x: tf.reduce_sum(tf.cast(tf.matmul(x, x), tf.float32)), args=(a,))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
+
+    multiply(operands).numpy()
+    flops = 2.0 * size ** 3 * strategy.num_replicas_in_sync * repeats
+
+    def rate():
+        start = time.perf_counter()
+        for _ in range(repeats):
+            multiply(operands).numpy()
+        return flops / (time.perf_counter() - start)
+
+    return rate
+
+
+# -- train ---------------------------------------------------------------------------------------
+
+class _SameBatch:
+    """An iterator that yields one per-replica batch forever. `next()` runs when the training
+    loop's tf.function is traced, so the batch becomes a constant already on each device: the
+    steps pay nothing for input."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.batch
+
+
+def synthetic_batch(strategy, batch_size, image_size, num_classes, seed=0):
+    """Per-replica (images, labels) for a global `batch_size`: images uniform in [-128, 128)
+    (the range of mean-subtracted pixels), labels uniform, created on each replica's device."""
+    per_replica = batch_size // strategy.num_replicas_in_sync
+
+    def make(context):
+        images = tf.random.uniform([per_replica, image_size, image_size, 3], -128.0, 128.0,
+                                   seed=seed + context.replica_id_in_sync_group)
+        labels = tf.random.uniform([per_replica], 0, num_classes, tf.int64, seed=seed + 1)
+        return images, labels
+
+    return strategy.experimental_distribute_values_from_function(make)
+
+
+def _median_summary(mode, results, setup):
+    median = statistics.median
+    keys = [key for key in results[0] if isinstance(results[0][key], (int, float))]
+    return {"mode": mode, **{key: median(r[key] for r in results) for key in keys}, "runs": results, **setup}
+
+
+def train_benchmark(*, variant="paper", image_size=227, batch_size=64, precision=None, xla=None, strategy="default",
+                    tpu=None, steps_per_loop=1, num_batches=3, runs=5, warmup_batches=2, matmul_size=4096,
+                    num_classes=1000, seed=0):
+    """Training steps of the project's engine (`training.Trainer`: forward, backward, coupled
+    weight decay, SGD with momentum) on a synthetic batch already on the device.
+
+    `precision` and `xla` default as `training.resolve` chooses them for this device. Each run
+    times a `matmul_size`^3 matmul in the compute dtype (the ceiling), then `num_batches` steps
+    (in calls of `steps_per_loop` steps). Returns a dict with the medians over runs of
+    images_per_sec, ms_per_step, gflops_per_sec (achieved: 3 x the model's forward FLOPs per
+    image), matmul_gflops_per_sec and ceiling_fraction (the per-run ratio of the two), the
+    per-run figures ("runs") and the setup.
+    """
+    strategy_object = distribute.get_strategy(strategy, tpu=tpu)
+    calls = max(1, num_batches // steps_per_loop)
+    config = training.TrainConfig(variant=variant, image_size=image_size, batch_size=batch_size, precision=precision,
+                                  xla=xla, strategy=strategy, steps_per_loop=steps_per_loop, epochs=1,
+                                  steps_per_epoch=warmup_batches + runs * calls * steps_per_loop, seed=seed)
+    training.check_config(dataclasses.replace(config, model_dir=tempfile.gettempdir()))  # nothing is written
+    info = types.SimpleNamespace(num_examples={"train": config.steps_per_epoch * batch_size})
+    config = training.resolve(config, strategy_object, info)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.precision)
+    try:
+        trainer = training.Trainer(config, strategy_object, num_classes)
+        flops_per_image = TRAINING_FLOPS_FACTOR * model_flops(trainer.model)
+        batches = _SameBatch(synthetic_batch(strategy_object, batch_size, image_size, num_classes, seed))
+        matmul_rate = matmul_benchmark(strategy_object, _compute_dtype(config.precision), matmul_size)
+        for _ in range(warmup_batches):  # the first call traces (and with XLA compiles)
+            trainer.train_steps(batches, steps_per_loop)
+        results = []
+        for _ in range(runs):
+            matmul = matmul_rate()
+            start = time.perf_counter()
+            for _ in range(calls):
+                totals = trainer.train_steps(batches, steps_per_loop)
+            seconds = time.perf_counter() - start
+            images_per_sec = calls * steps_per_loop * batch_size / seconds
+            results.append(_figures(images_per_sec, flops_per_image, matmul, batch_size,
+                                  loss=float(totals[0] / totals[3])))
+        parameters = trainer.model.count_params()
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    return _median_summary("train", results, {
+        "variant": variant, "image_size": image_size, "batch_size": batch_size, "precision": config.precision,
+        "xla": bool(config.xla), "strategy": type(strategy_object).__name__,
+        "replicas": strategy_object.num_replicas_in_sync, "steps_per_loop": steps_per_loop,
+        "steps_per_run": calls * steps_per_loop, "gflop_per_image": flops_per_image / 1e9,
+        "matmul_size": matmul_size, "parameters": parameters, "device": _device_name(),
+    })
+
+
+def _figures(images_per_sec, flops_per_image, matmul_flops_per_sec, batch_size, **extra):
+    achieved = images_per_sec * flops_per_image
+    return {
+        "images_per_sec": images_per_sec,
+        "ms_per_step": 1000.0 * batch_size / images_per_sec,
+        "gflops_per_sec": achieved / 1e9,
+        "matmul_gflops_per_sec": matmul_flops_per_sec / 1e9,
+        "ceiling_fraction": achieved / matmul_flops_per_sec,
+        **extra,
+    }
+
+
+def _device_name():
+    kind = distribute.device_kind()
+    if kind == "cpu":
+        return f"cpu ({os.cpu_count()} cores)"
+    devices = tf.config.list_logical_devices(kind.upper())
+    return f"{kind} x{len(devices)}"
+
+
+# -- infer ---------------------------------------------------------------------------------------
+
+def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision=None, xla=None, strategy="default",
+                    tpu=None, num_batches=5, latency_calls=10, runs=5, matmul_size=4096, num_classes=1000, seed=0):
+    """Inference of the Keras model (a compiled predict step, XLA if `xla`) and of the exported
+    SavedModel (`export.export_saved_model`, then `tf.saved_model.load` and its `predict_images`
+    signature, which adds softmax and top-5), on synthetic preprocessed images.
+
+    Per run and engine: batch-1 latency (median of `latency_calls` calls, one device) and batch
+    `batch_size` throughput (`num_batches` calls; the Keras step splits the batch over the
+    strategy's replicas), with the achieved GFLOP/s (the model's forward FLOPs) over a
+    `matmul_size`^3 matmul in the compute dtype timed in the same run. The SavedModel is always
+    float32 (as exported) and runs on the default device. Returns {"keras": summary,
+    "saved_model": summary, ...setup}, each summary as `train_benchmark`'s.
+    """
+    strategy_object = distribute.get_strategy(strategy, tpu=tpu)
+    kind = distribute.device_kind()
+    precision = precision or distribute.default_precision(kind, strategy_object)
+    xla = xla if xla is not None else kind in ("gpu", "tpu")  # as training.resolve chooses
+    if batch_size % strategy_object.num_replicas_in_sync:
+        raise UsageError(f"--batch_size={batch_size} is not divisible by the "
+                                  f"{strategy_object.num_replicas_in_sync} replicas.")
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        with strategy_object.scope():
+            model = build(num_classes=num_classes, input_shape=(image_size, image_size, 3), variant=variant, seed=seed)
+        flops_per_image = model_flops(model)
+        forward = tf.function(lambda images: model(images, training=False), jit_compile=xla)
+
+        @tf.function
+        def predict_batch(images):
+            logits = strategy_object.run(forward, args=(images,))
+            return strategy_object.gather(logits, axis=0)
+
+        one_image = tf.random.uniform([1, image_size, image_size, 3], -128.0, 128.0, seed=seed)
+        batch, _ = synthetic_batch(strategy_object, batch_size, image_size, num_classes, seed)
+        full_batch = tf.random.uniform([batch_size, image_size, image_size, 3], -128.0, 128.0, seed=seed)  # one device
+        engines = {"keras": (lambda: forward(one_image).numpy(), lambda: predict_batch(batch).numpy())}
+        with tempfile.TemporaryDirectory() as scratch:
+            path = export.export_saved_model(model, scratch, class_names=[str(i) for i in range(num_classes)],
+                                             image_size=image_size)
+            signature = tf.saved_model.load(path).signatures[export.IMAGES_SIGNATURE]
+            engines["saved_model"] = (lambda: signature(images=one_image)["probabilities"].numpy(),
+                                      lambda: signature(images=full_batch)["probabilities"].numpy())
+            matmul_rate = matmul_benchmark(strategy_object, _compute_dtype(precision), matmul_size)
+            results = {name: [] for name in engines}
+            for call in [call for pair in engines.values() for call in pair] * 2:  # warm-up: trace, compile
+                call()
+            for _ in range(runs):
+                matmul = matmul_rate()
+                for name, (one, many) in engines.items():
+                    latencies = []
+                    for _ in range(latency_calls):
+                        start = time.perf_counter()
+                        one()
+                        latencies.append(time.perf_counter() - start)
+                    start = time.perf_counter()
+                    for _ in range(num_batches):
+                        many()
+                    images_per_sec = num_batches * batch_size / (time.perf_counter() - start)
+                    results[name].append(_figures(images_per_sec, flops_per_image, matmul, batch_size,
+                                                latency_ms=1000.0 * statistics.median(latencies)))
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+    setup = {
+        "variant": variant, "image_size": image_size, "batch_size": batch_size, "precision": precision, "xla": bool(xla),
+        "strategy": type(strategy_object).__name__, "replicas": strategy_object.num_replicas_in_sync,
+        "gflop_per_image": flops_per_image / 1e9, "matmul_size": matmul_size, "device": _device_name(),
+    }
+    return {"mode": "infer", **{name: _median_summary("infer", rows, {"engine": name}) for name, rows in results.items()},
+            **setup}
+
+
+# -- per layer -----------------------------------------------------------------------------------
+
+def _median_seconds(function, argument, repeats):
+    function(argument)  # trace, compile, warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function(argument)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _layer_timers(layer, input_shape, xla, input_gradient):
+    """(forward, forward+backward) tf.functions of one layer that return a scalar (so the output
+    leaves the device as one number); the backward pass uses a random output gradient."""
+
+    def forward(x):
+        return tf.reduce_sum(tf.cast(layer(x, training=True), tf.float32))
+
+    def forward_backward(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+        sources = layer.trainable_weights + ([x] if input_gradient else [])
+        if not sources:
+            return tf.reduce_sum(tf.cast(y, tf.float32))
+        gradients = tape.gradient(y, sources, output_gradients=tf.ones_like(y))
+        return tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32)) for g in gradients])
+
+    return tf.function(forward, jit_compile=xla), tf.function(forward_backward, jit_compile=xla)
+
+
+def layer_profile(*, variant="paper", image_size=227, batch_size=64, xla=False, repeats=3, backward=True,
+                  grouped_reference=True, seed=0):
+    """Time each layer of the model on its own: forward, and forward+backward (weight gradients,
+    and input gradients for every layer but the first, as training computes them), median of
+    `repeats` calls at `batch_size`, float32.
+
+    With `grouped_reference`, each two-column convolution is also timed as one Keras
+    `Conv2D(groups=...)` of the same shape (which Keras runs under XLA on the TensorFlow backend).
+    Returns a list of dicts (layer, output_shape, gflop, forward_ms, forward_backward_ms), then a
+    row "model" for the whole network in one function.
+    """
+    keras.utils.set_random_seed(seed)
+    model = build(input_shape=(image_size, image_size, 3), variant=variant, seed=seed)
+    rows = []
+
+    def timed(name, layer, input_shape, flops, input_gradient):
+        x = tf.random.uniform((batch_size,) + tuple(input_shape[1:]), -1.0, 1.0)
+        forward, forward_backward = _layer_timers(layer, x.shape, xla, input_gradient)
+        row = {"layer": name, "output_shape": list(layer.compute_output_shape(x.shape)[1:]),
+               "gflop": batch_size * flops / 1e9, "forward_ms": 1000.0 * _median_seconds(forward, x, repeats)}
+        if backward:
+            row["forward_backward_ms"] = 1000.0 * _median_seconds(forward_backward, x, repeats)
+        rows.append(row)
+
+    for index, layer in enumerate(model.layers[1:]):
+        timed(layer.name, layer, layer.input.shape, layer_flops(layer), input_gradient=index > 0)
+        if grouped_reference and isinstance(layer, TwoColumnConv2D) and layer.groups > 1:
+            grouped = keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                                          groups=layer.groups, activation="relu", name=f"{layer.name}_keras_groups")
+            grouped.build(layer.input.shape)
+            timed(f"{layer.name} as Conv2D(groups={layer.groups})", grouped, layer.input.shape, layer_flops(layer),
+                  input_gradient=True)
+    timed("model", model, model.input.shape, model_flops(model), input_gradient=False)
+    return rows
+
+
+MODES = {"input": input_benchmark, "train": train_benchmark, "infer": infer_benchmark}

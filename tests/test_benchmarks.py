@@ -1,13 +1,16 @@
 """Tests for keras_alexnet.benchmarks and scripts/benchmark.py (tiny sizes: they test the
-plumbing, not the speed)."""
+plumbing and that every figure is positive and finite, never the speed)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
+import keras_alexnet
 from keras_alexnet import benchmarks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +34,7 @@ def test_input_benchmark_returns_rates_and_ratios():
         assert result[key] > 0
     for run in result["runs"]:
         assert abs(run["ratio"] - run["images_per_cpu_sec"] / run["decode_images_per_cpu_sec"]) < 1e-9
-    assert set(benchmarks.MODES) >= {"input"}
+    assert set(benchmarks.MODES) == {"input", "train", "infer"}
 
 
 def _script(*args):
@@ -47,9 +50,86 @@ def test_script_json_prints_one_object_per_run():
     assert len(lines) == 2 and all(line["images_per_sec"] > 0 for line in lines)
 
 
-def test_script_modes_not_implemented_are_one_line_errors():
-    result = _script("train")
+def test_model_flops_is_the_paper_hand_count():
+    """2 FLOPs per multiply-add of conv1-5 and fc6-8 (../shared/PAPER.md: 724.4 M at 227)."""
+    model = keras_alexnet.build(input_shape=(227, 227, 3))
+    per_layer = {layer.name: benchmarks.layer_flops(layer) for layer in model.layers}
+    assert per_layer["conv1"] == 2 * 55 * 55 * 96 * 11 * 11 * 3
+    assert per_layer["conv2"] == 2 * 27 * 27 * 256 * 5 * 5 * 48  # two columns: each sees 48 maps
+    assert per_layer["conv3"] == 2 * 13 * 13 * 384 * 3 * 3 * 256
+    assert per_layer["fc6"] == 2 * 9216 * 4096
+    assert per_layer["lrn1"] == per_layer["pool1"] == 0
+    assert benchmarks.model_flops(model) == 2 * 724_406_816 == 1_448_813_632
+    one_column = keras_alexnet.build(input_shape=(227, 227, 3), groups=1)
+    extra = per_layer["conv2"] + per_layer["conv4"] + per_layer["conv5"]  # each column sees all maps
+    assert benchmarks.model_flops(one_column) == benchmarks.model_flops(model) + extra
+
+
+def _assert_figures(summary, batch_size, runs):
+    assert len(summary["runs"]) == runs
+    for row in summary["runs"] + [summary]:
+        for key in ("images_per_sec", "ms_per_step", "gflops_per_sec", "matmul_gflops_per_sec", "ceiling_fraction"):
+            assert math.isfinite(row[key]) and row[key] > 0, (key, row[key])
+    for run in summary["runs"]:
+        assert run["ms_per_step"] == pytest.approx(1000 * batch_size / run["images_per_sec"])
+        assert run["ceiling_fraction"] == pytest.approx(run["gflops_per_sec"] / run["matmul_gflops_per_sec"])
+
+
+def test_train_benchmark_runs_real_steps_and_reports_positive_figures():
+    result = benchmarks.train_benchmark(image_size=67, batch_size=4, num_batches=1, runs=2, warmup_batches=1,
+                                        matmul_size=128, num_classes=10)
+    _assert_figures(result, 4, runs=2)
+    assert result["mode"] == "train" and result["precision"] == "float32" and result["xla"] is False
+    assert result["gflop_per_image"] == pytest.approx(3 * 0.125462592 - 3 * 2 * 4096 * 990 / 1e9)
+    assert all(math.isfinite(run["loss"]) for run in result["runs"])
+
+
+def test_infer_benchmark_times_keras_and_saved_model():
+    result = benchmarks.infer_benchmark(image_size=67, batch_size=2, num_batches=1, latency_calls=2, runs=2,
+                                        matmul_size=128, num_classes=10)
+    for engine in ("keras", "saved_model"):
+        summary = result[engine]
+        assert summary["engine"] == engine
+        _assert_figures(summary, 2, runs=2)
+        assert all(run["latency_ms"] > 0 for run in summary["runs"])
+
+
+def test_layer_profile_times_every_layer_and_the_grouped_reference():
+    rows = benchmarks.layer_profile(image_size=67, batch_size=2, repeats=1)
+    names = [row["layer"] for row in rows]
+    assert names[0] == "conv1" and names[-1] == "model" and "conv2 as Conv2D(groups=2)" in names and "lrn1" in names
+    assert all(row["forward_ms"] > 0 and row["forward_backward_ms"] > 0 for row in rows)
+    assert next(row for row in rows if row["layer"] == "conv1")["output_shape"] == [15, 15, 96]
+
+
+def _json_lines(result):
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def test_script_infer_json_prints_one_object_per_run_and_engine():
+    """train prints through the same function, one object per run (its figures: the test above)."""
+    result = _script("infer", "--image_size=67", "--batch_size=2", "--num_batches=1", "--runs=2",
+                     "--latency_calls=1", "--matmul_size=128", "--json")
+    lines = _json_lines(result)
+    assert sorted(line["engine"] for line in lines) == ["keras", "keras", "saved_model", "saved_model"]
+    for line in lines:
+        assert line["mode"] == "infer" and line["batch_size"] == 2
+        for key in ("images_per_sec", "ceiling_fraction", "ms_per_step", "latency_ms"):
+            assert math.isfinite(line[key]) and line[key] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--batch_size=0"], "error: --batch_size=0 must be at least 1."),
+    (["infer", "--per_layer=maybe"], None),
+    (["train", "--no_such_flag"], None),
+    (["nonsense"], "error: unknown mode 'nonsense'; expected input, train or infer"),
+    (["input", "--per_layer"], "error: --per_layer is for train and infer."),
+])
+def test_script_bad_input_is_one_line_and_exit_2(args, message):
+    result = _script(*args)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == "error: benchmark mode 'train' is not implemented yet (only 'input' is)"
-    assert "Traceback" not in result.stderr
-    assert _script("nonsense").returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    if message:
+        assert lines[0] == message
