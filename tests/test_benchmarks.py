@@ -94,6 +94,14 @@ def test_infer_benchmark_times_keras_and_saved_model():
         assert all(run["latency_ms"] > 0 for run in summary["runs"])
 
 
+def test_train_and_infer_under_mirrored_strategy_on_two_logical_cpus():
+    tiny = dict(image_size=67, batch_size=4, num_batches=1, runs=1, matmul_size=128, num_classes=10, strategy="mirrored")
+    train = benchmarks.train_benchmark(warmup_batches=1, **tiny)
+    infer = benchmarks.infer_benchmark(latency_calls=1, **tiny)
+    assert train["replicas"] == infer["replicas"] == 2
+    assert train["ceiling_fraction"] > 0 and infer["keras"]["images_per_sec"] > 0
+
+
 def test_layer_profile_times_every_layer_and_the_grouped_reference():
     rows = benchmarks.layer_profile(image_size=67, batch_size=2, repeats=1)
     names = [row["layer"] for row in rows]
