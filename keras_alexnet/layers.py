@@ -5,6 +5,7 @@ Lambda layers, and put no XLA-only function into a SavedModel (see ../shared/PLA
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 PACKAGE = "keras_alexnet"
@@ -52,14 +53,18 @@ class LocalResponseNormalization(keras.layers.Layer):
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
-        squares = ops.square(x)
-        radius = self.size // 2
+        # The window sum is one matmul of the squares with a 0/1 band matrix: about 5x faster on
+        # CPU, forward and backward, than adding `size` shifted slices (docs/performance.md).
         channels = x.shape[-1]
-        padded = ops.pad(squares, [[0, 0]] * (len(x.shape) - 1) + [[radius, radius]])
-        window_sum = padded[..., 0:channels]
-        for offset in range(1, self.size):
-            window_sum = window_sum + padded[..., offset : offset + channels]
-        scale = ops.power(self.k + self.alpha * window_sum, -self.beta)
+        index = np.arange(channels)
+        band = (np.abs(index[:, None] - index[None, :]) <= self.size // 2).astype("float32")
+        window_sum = ops.matmul(ops.square(x), band)
+        base = self.k + self.alpha * window_sum
+        if self.beta == 0.75:  # the paper's exponent: t^-3/4 = t^-1/2 * (t^-1/2)^1/2, no log/exp
+            root = ops.rsqrt(base)
+            scale = root * ops.sqrt(root)
+        else:
+            scale = ops.power(base, -self.beta)
         return ops.cast(x * scale, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):

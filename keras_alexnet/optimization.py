@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 
 SCHEDULES = ("plateau", "step", "cosine")
+OPTIMIZERS = ("sgd", "adam")
 PAPER_BATCH_SIZE = 128
 PAPER_LEARNING_RATE = 0.01
 
@@ -96,9 +97,19 @@ class PlateauTracker:
                 "plateau_wait": self.wait, "plateau_drops": self.drops}
 
 
-def make_optimizer(schedule, momentum=0.9, precision="float32"):
-    """SGD with momentum; wrapped for dynamic loss scaling under mixed_float16."""
-    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
+def make_optimizer(schedule, momentum=0.9, precision="float32", name="sgd"):
+    """The paper's SGD with momentum (§5), or Adam; wrapped for dynamic loss scaling under mixed_float16.
+
+    Adam (`momentum` is its beta_1) is there for short runs from scratch: its per-weight step
+    size does not depend on the gradient's scale, which at init differs by orders of magnitude
+    between conv1 (inputs in 0..255) and the dense layers.
+    """
+    if name == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=momentum)
+    elif name == "adam":
+        optimizer = keras.optimizers.Adam(learning_rate=schedule, beta_1=momentum)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {OPTIMIZERS}")
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -54,6 +54,8 @@ def test_lrn_from_caffe_and_torch_conventions(activations):
     np.testing.assert_allclose(np.asarray(caffe(activations)), want, rtol=1e-5)
     torch_style = LocalResponseNormalization.from_torch(size=3, alpha=3e-4, beta=0.5, k=1.5)
     assert (torch_style.size, torch_style.alpha, torch_style.beta, torch_style.k) == (3, pytest.approx(1e-4), 0.5, 1.5)
+    # beta != 0.75 takes the general power path.
+    np.testing.assert_allclose(np.asarray(torch_style(activations)), lrn_numpy(activations, 3, 1.5, 1e-4, 0.5), rtol=1e-5)
 
 
 def test_lrn_rejects_even_window():
