@@ -19,7 +19,7 @@ import _cli as cli
 # docs/input.md): the smallest input the net takes, and Adam with warm-up and cosine decay, which
 # leaves the flat start of Caffe's init in ~100 steps where the paper's SGD stays at chance for
 # hundreds (its step size follows the gradient's scale, tiny at init for small inputs).
-DEMO = dict(image_size=67, batch_size=32, epochs=12, optimizer="adam", learning_rate=5e-4,
+DEMO = dict(image_size=67, batch_size=32, epochs=9, optimizer="adam", learning_rate=5e-4,
             lr_schedule="cosine", warmup_epochs=1.0, weight_decay=0.0)
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
                   "tf.distribute strategy. auto: TPU if --tpu is set, mirrored for 2+ GPUs, one_device for one GPU, "
@@ -40,7 +40,7 @@ flags.DEFINE_enum("init", "caffe", ["caffe", "paper"], "Initialization: caffe (l
 flags.DEFINE_float("dropout", 0.5, "Dropout rate after fc6 and fc7 (§4.2).")
 flags.DEFINE_integer("image_size", None, "Square input size, at least 67 (default: 227, the paper's; demo 67).")
 flags.DEFINE_integer("batch_size", None, "Global batch size, split evenly over the replicas (default: 128, the paper's; demo 32).")
-flags.DEFINE_integer("epochs", None, "Epochs to train (default: 90, about the paper's; demo 12).")
+flags.DEFINE_integer("epochs", None, "Epochs to train (default: 90, about the paper's; demo 9).")
 flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: training examples // batch size).")
 flags.DEFINE_enum("precision", None, ["float32", "mixed_float16", "mixed_bfloat16"],
                   "Default by device: mixed_bfloat16 on TPU and Ampere+ GPUs, mixed_float16 (loss-scaled) on older GPUs, float32 on CPU.")

@@ -264,3 +264,21 @@ def _free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
+
+
+def test_unset_flags_take_the_demo_recipe_on_shapes_and_the_papers_elsewhere():
+    probe = (
+        "import sys; sys.path.insert(0, 'scripts'); import train; from absl import flags\n"
+        "for argv in (['t'], ['t', '--optimizer=sgd'], ['t', '--dataset=tfds:imagenet2012']):\n"
+        "    flags.FLAGS.unparse_flags(); flags.FLAGS(argv)\n"
+        "    v = train.config_values(flags.FLAGS)\n"
+        "    print(v.get('optimizer'), v.get('image_size'), v.get('epochs'), v.get('weight_decay'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    demo, demo_sgd, imagenet = out.stdout.split("\n")[:3]
+    assert demo == "adam 67 9 0.0"
+    assert demo_sgd == "sgd 67 9 0.0"  # a flag given wins over the recipe
+    assert imagenet == "None None None None"  # TrainConfig's defaults: the paper's recipe
+    paper = TrainConfig()
+    assert (paper.optimizer, paper.image_size, paper.epochs, paper.weight_decay) == ("sgd", 227, 90, 5e-4)
