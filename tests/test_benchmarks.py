@@ -79,7 +79,7 @@ def test_train_benchmark_runs_real_steps_and_reports_positive_figures():
     result = benchmarks.train_benchmark(image_size=67, batch_size=4, num_batches=1, runs=2, warmup_batches=1,
                                         matmul_size=128, num_classes=10)
     _assert_figures(result, 4, runs=2)
-    assert result["mode"] == "train" and result["precision"] == "float32" and result["xla"] is False
+    assert result["mode"] == "train" and result["precision"] == "float32" and result["xla"] is True  # resolved default: XLA on
     assert result["gflop_per_image"] == pytest.approx(3 * 0.125462592 - 3 * 2 * 4096 * 990 / 1e9)
     assert all(math.isfinite(run["loss"]) for run in result["runs"])
 
