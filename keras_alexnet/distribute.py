@@ -3,6 +3,7 @@
 For TPUs the strategy (and its scope) must exist before any dataset or model is built.
 """
 
+import functools
 import json
 import os
 
@@ -41,9 +42,17 @@ def get_strategy(name="auto", tpu=None, num_gpus=None):
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
     if name == "mirrored":
-        devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
+        return _mirrored(tuple(gpus or [d.name for d in tf.config.list_logical_devices("CPU")]))
     return _tpu_strategy(tpu)
+
+
+@functools.lru_cache(maxsize=None)
+def _mirrored(devices):
+    # One MirroredStrategy per device set per process. Every new MirroredStrategy numbers its
+    # collective ops from the same keys, and the runtime remembers each key's tensor shape, so a
+    # second strategy that all-reduces a different model fails with "Shape mismatch in the
+    # collective instance". One strategy hands out fresh keys to every model it trains.
+    return tf.distribute.MirroredStrategy(list(devices))
 
 
 def _tpu_strategy(tpu):

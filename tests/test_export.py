@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import keras_alexnet
-from keras_alexnet import augment, export
+from keras_alexnet import augment, distribute, export
 from keras_alexnet.errors import UsageError
 
 SIZE = 67
@@ -303,7 +303,7 @@ def graph_dtypes(module):
 
 def test_model_built_under_mirrored_strategy_exports(tmp_path):
     # The training engine exports the model it trained, whose variables are MirroredVariables.
-    strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
+    strategy = distribute.get_strategy("mirrored")
     assert strategy.num_replicas_in_sync == 2
     with strategy.scope():
         model = small_model()

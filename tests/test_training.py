@@ -282,3 +282,15 @@ def test_unset_flags_take_the_demo_recipe_on_shapes_and_the_papers_elsewhere():
     assert imagenet == "None None None None"  # TrainConfig's defaults: the paper's recipe
     paper = TrainConfig()
     assert (paper.optimizer, paper.image_size, paper.epochs, paper.weight_decay) == ("sgd", 227, 90, 5e-4)
+
+
+def test_two_models_of_different_shapes_train_under_mirrored_in_one_process():
+    # A fresh MirroredStrategy reuses the collective keys of the last one; the runtime then sees a
+    # 10-class model's gradient under the key of a 4-class one ("Shape mismatch in the collective").
+    for classes in (10, 4):
+        config = TrainConfig(image_size=SIZE, batch_size=GLOBAL_BATCH, epochs=1, steps_per_epoch=1,
+                             learning_rate=0.01, lr_schedule="step", precision="float32", xla=False, seed=3)
+        strategy = distribute.get_strategy("mirrored")
+        trainer = Trainer(config, strategy, num_classes=classes)
+        iterator = iter(strategy.distribute_datasets_from_function(fixed_batches))
+        assert np.isfinite(trainer.train_steps(iterator, 1)[0])
