@@ -19,6 +19,13 @@ Training views (`train_view(..., augmentation=...)`):
                  mean subtraction (the modern recipe; no lighting).
     "none":      the centre view (deterministic; for debugging and ablations).
 
+A training view is made in two parts, so that the host does the least work per image:
+`train_crop` (decode, crop, flip, resize; uint8 [S, S, 3]) and `lighting_shift` (the PCA
+lighting draw, float32 [3]) run in the input pipeline; `finish_views` (cast, mean, lighting) runs
+on whole batches, inside the compiled training step when the Trainer feeds it. `train_view` is
+the two parts in one call. The resized crop is rounded to uint8 (at most 0.5 of 255 off), which
+quarters the bytes every later step reads and copies.
+
 Evaluation views: `center_view` (one S x S centre crop) and `ten_crop` (§4.1: the four corner
 crops and the centre crop of the 256-scaled centre square, and their horizontal mirrors).
 """
@@ -228,35 +235,56 @@ def pca_lighting(image, seed, std=0.1):
     return tf.cast(image, tf.float32) + shift
 
 
-def _mean_minus_lighting(seed, std, mean_image):
-    """The mean to subtract with the PCA lighting shift folded in (pca_lighting, subtract_mean)."""
-    shift = pca_lighting(tf.zeros([3], tf.float32), seed, std)
-    if mean_image is None:
-        return tf.constant(IMAGENET_MEAN_RGB, tf.float32) - shift
-    return tf.cast(mean_image, tf.float32) - shift
+def lighting_shift(seed, augmentation="paper", std=0.1):
+    """The colour shift `pca_lighting` adds for this seed, float32 [3]; zeros unless the
+    augmentation is "paper" with std > 0. Same seed as train_view gives the same shift."""
+    if augmentation != "paper" or not std:
+        return tf.zeros([3], tf.float32)
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
+    return pca_lighting(tf.zeros([3], tf.float32), seeds[2], std)
+
+
+def train_crop(image_bytes, image_size, seed, augmentation="paper"):
+    """Encoded image bytes -> the geometric part of a training view, uint8 [S, S, 3].
+
+    "paper" / "inception": a random window decoded with the fused decode-and-crop, flipped with
+    probability 1/2, resized to S x S (bilinear); "none": the centre view. `seed`: int tensor [2].
+    """
+    if augmentation == "none":
+        side = scaled_size(image_size)
+        image = _central_square(resize_shorter_side(decode_image(image_bytes), side), image_size)
+    elif augmentation in ("paper", "inception"):
+        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
+        if augmentation == "paper":
+            window_fn = lambda shape: paper_crop_window(shape, image_size, seeds[0])  # noqa: E731
+        else:
+            window_fn = lambda shape: inception_crop_window(shape, seeds[0])  # noqa: E731
+        # Flipping the uint8 crop before the (left-right symmetric) resize copies a quarter of the
+        # bytes of flipping the float output; same result.
+        image = _resize(random_flip(decode_random_crop(image_bytes, window_fn), seeds[1]), image_size, image_size)
+    else:
+        raise ValueError(f"unknown augmentation {augmentation!r}; expected one of {AUGMENTATIONS}")
+    image.set_shape([image_size, image_size, 3])
+    # Bilinear weights are convex, so the float result is already within 0..255.
+    return tf.cast(tf.round(image), tf.uint8)
+
+
+def finish_views(images, shifts, mean_image=None):
+    """uint8 crops [..., S, S, 3] and their lighting shifts [..., 3] -> the model's input, float32:
+    `images - mean + shift`, i.e. pca_lighting then subtract_mean (§4.1, §2). Batched or not."""
+    offset = -tf.cast(shifts, tf.float32)[..., None, None, :]
+    mean = tf.constant(IMAGENET_MEAN_RGB, tf.float32) if mean_image is None else tf.cast(mean_image, tf.float32)
+    return tf.cast(images, tf.float32) - (mean + offset)
 
 
 def train_view(image_bytes, image_size, seed, augmentation="paper", mean_image=None, lighting_std=0.1):
     """Encoded image bytes -> one augmented training view, float32 [S, S, 3], mean subtracted.
 
     `augmentation` is one of AUGMENTATIONS (see the module docstring). `seed`: int tensor [2]
-    (stateless; the same seed gives the same view).
+    (stateless; the same seed gives the same view). Equal to
+    finish_views(train_crop(...), lighting_shift(...)), which is how the input pipeline makes it.
     """
-    if augmentation == "none":
-        return center_view(decode_image(image_bytes), image_size, mean_image)
-    if augmentation not in ("paper", "inception"):
+    if augmentation not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {augmentation!r}; expected one of {AUGMENTATIONS}")
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
-    if augmentation == "paper":
-        window_fn = lambda shape: paper_crop_window(shape, image_size, seeds[0])  # noqa: E731
-    else:
-        window_fn = lambda shape: inception_crop_window(shape, seeds[0])  # noqa: E731
-    # Order chosen for speed, same result: flipping the uint8 crop before the (left-right
-    # symmetric) resize copies a quarter of the bytes of flipping the float output, and the
-    # lighting shift and the mean go in as one addition.
-    image = random_flip(decode_random_crop(image_bytes, window_fn), seeds[1])
-    image = _resize(image, image_size, image_size)
-    image.set_shape([image_size, image_size, 3])
-    if augmentation == "paper" and lighting_std:
-        return subtract_mean(image, _mean_minus_lighting(seeds[2], lighting_std, mean_image))
-    return subtract_mean(image, mean_image)
+    return finish_views(train_crop(image_bytes, image_size, seed, augmentation),
+                        lighting_shift(seed, augmentation, lighting_std), mean_image)

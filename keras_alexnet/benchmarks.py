@@ -80,13 +80,15 @@ def _plain_decode_dataset(root, batch_size, threads):
 
 
 def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, image_size=227, batch_size=32,
-                    num_batches=20, runs=5, threads=1, augmentation="paper", seed=0):
+                    num_batches=20, runs=5, threads=1, augmentation="paper", image_dtype="uint8", seed=0):
     """Training input pipeline vs plain decode, images/s, `runs` times; medians and per-run ratios.
 
     Args:
         image_dir: a folder in the layout `DIR/train/<class>/*.jpg`; None: write `num_images`
             JPEGs of `width` x `height` to a temporary folder.
         threads: tf.data threads for both pipelines (1 gives the per-core rate).
+        image_dtype: "uint8" (default): the batches the Trainer gets, uint8 crops and lighting
+            shifts; "float32": the model's input, finished on the host (data.make_dataset).
     Returns:
         dict with images_per_sec (training pipeline, median), decode_images_per_sec (median),
         ratio (median of the per-run ratios), *_per_core, runs (the per-run figures) and the setup.
@@ -95,7 +97,7 @@ def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, im
         if image_dir is None:
             image_dir = write_jpeg_folder(os.path.join(scratch, "jpegs"), num_images, width, height, seed=seed)
         pipeline = data.make_dataset(f"folder:{image_dir}", "train", image_size=image_size, batch_size=batch_size,
-                                     training=True, seed=seed, augmentation=augmentation)
+                                     training=True, seed=seed, augmentation=augmentation, image_dtype=image_dtype)
         pipeline = pipeline.with_options(_threading(threads))
         decode = _plain_decode_dataset(image_dir, batch_size, threads)
         results = []
@@ -123,6 +125,7 @@ def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, im
         "batch_size": batch_size,
         "images_per_run": batch_size * num_batches,
         "augmentation": augmentation,
+        "image_dtype": image_dtype,
         "source_images": f"{width}x{height} JPEG, mean {mean_bytes / 1000:.0f} kB" if image_dir else "",
     }
 

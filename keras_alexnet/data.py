@@ -398,12 +398,15 @@ def _shapes_records(spec, split, training, pipeline, seed):
     return records, lambda image, label: (image, label)
 
 
-def _synthetic_dataset(spec, split, image_size, batch_size, training, crops, pipeline, seed):
+def _synthetic_dataset(spec, split, image_size, batch_size, training, crops, pipeline, seed, image_dtype):
     info = dataset_info(spec)
     shape = [batch_size] + ([10] if crops == 10 else []) + [image_size, image_size, 3]
     rng = np.random.default_rng(seed)
     images = rng.normal(0.0, 60.0, shape).astype(np.float32)
     labels = rng.integers(0, info.num_classes, batch_size).astype(np.int32)
+    if image_dtype == "uint8":  # training only (make_dataset checks): crops and zero shifts
+        views = (rng.integers(0, 256, shape).astype(np.uint8), np.zeros([batch_size, 3], np.float32))
+        return tf.data.Dataset.from_tensors((views, labels)).repeat()
     dataset = tf.data.Dataset.from_tensors((images, labels))
     if training:
         return dataset.repeat()
@@ -434,16 +437,16 @@ def _report_in_graph(ok, name):
     return tf.cond(ok, lambda: tf.constant(True), report)
 
 
-def skip_bad_examples(records, load, view, view_shape, num_classes, report=_report_in_python):
+def skip_bad_examples(records, load, view, placeholder, num_classes, report=_report_in_python):
     """Map (payload, label, name, seed) -> (view, label), skipping examples that fail.
+
+    `placeholder`: tensors with the structure, shapes and dtypes of a view.
 
     tf.data has no try/except: each example runs in its own one-element dataset with
     `ignore_errors()`, followed by a placeholder flagged as failed; `take(1)` keeps the view if
     it worked and the placeholder if not. A parallel interleave runs these in parallel, the
     placeholders are counted (`report`) and dropped.
     """
-    placeholder = tf.zeros(view_shape, tf.float32)
-
     def attempt(payload, label, name, seed):
         def run(payload, label, name, seed):
             image_bytes, label = load(payload, label)
@@ -479,8 +482,14 @@ def make_dataset(
     data_service=None,
     mean_image=None,
     shuffle_buffer=DEFAULT_SHUFFLE_BUFFER,
+    image_dtype="float32",
 ):
     """Batches of (images float32 [B, S, S, 3] (or [B, 10, S, S, 3] with crops=10), labels int32 [B]).
+
+    With training=True and image_dtype="uint8" the images come as `(crops, shifts)`: the uint8
+    crops [B, S, S, 3] and their lighting shifts float32 [B, 3], for `augment.finish_views` to
+    turn into the model's input on the accelerator (the Trainer does, inside its compiled step).
+    The host then never writes float32 pixels: a quarter of the bytes to batch and to copy.
 
     Args:
         spec: dataset string (module docstring).
@@ -502,6 +511,7 @@ def make_dataset(
         mean_image: per-pixel mean float32 [S, S, 3] (compute_mean_image) instead of the
             per-channel ImageNet mean.
         shuffle_buffer: records in the shuffle buffer of tfrecord and tfds sources.
+        image_dtype: "float32" (the model's input) or, for training, "uint8" (see above).
     """
     _check_split(split)
     kind, rest = _parse_spec(spec)
@@ -511,6 +521,9 @@ def make_dataset(
         raise UsageError(f"crops={crops} is not supported; use 1, or 10 for evaluation")
     if batch_size < 1:
         raise UsageError(f"batch_size must be positive, got {batch_size}")
+    if image_dtype not in ("float32", "uint8") or (image_dtype == "uint8" and (not training or mean_image is not None)):
+        raise UsageError(f"image_dtype={image_dtype!r} is not supported here: use float32, or uint8 for training "
+                         "without mean_image (pass the mean to augment.finish_views instead)")
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
     pipeline = (input_context.num_input_pipelines, input_context.input_pipeline_id) if input_context else (1, 0)
@@ -518,7 +531,7 @@ def make_dataset(
     options.deterministic = deterministic
 
     if kind == "synthetic":
-        dataset = _synthetic_dataset(spec, split, image_size, batch_size, training, crops, pipeline, seed)
+        dataset = _synthetic_dataset(spec, split, image_size, batch_size, training, crops, pipeline, seed, image_dtype)
         return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
     if kind == "shapes":
@@ -541,21 +554,26 @@ def make_dataset(
         lambda index, record: record + (tf.stack([tf.constant(seed, tf.int64), pipeline[1] * 2**40 + index]),))
 
     if training:
+        # Only the crop is made per image; the float work happens per batch (finish_views).
         def view(image_bytes, example_seed):
-            return augment.train_view(image_bytes, image_size, example_seed, augmentation, mean_image)
-        view_shape = [image_size, image_size, 3]
+            return (augment.train_crop(image_bytes, image_size, example_seed, augmentation),
+                    augment.lighting_shift(example_seed, augmentation))
+        placeholder = (tf.zeros([image_size, image_size, 3], tf.uint8), tf.zeros([3], tf.float32))
     elif crops == 10:
         def view(image_bytes, example_seed):
             return augment.ten_crop(augment.decode_image(image_bytes), image_size, mean_image)
-        view_shape = [10, image_size, image_size, 3]
+        placeholder = tf.zeros([10, image_size, image_size, 3], tf.float32)
     else:
         def view(image_bytes, example_seed):
             return augment.center_view(augment.decode_image(image_bytes), image_size, mean_image)
-        view_shape = [image_size, image_size, 3]
+        placeholder = tf.zeros([image_size, image_size, 3], tf.float32)
 
     report = _report_in_graph if data_service else _report_in_python
-    dataset = skip_bad_examples(records, load, view, view_shape, num_classes, report)
+    dataset = skip_bad_examples(records, load, view, placeholder, num_classes, report)
     dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=tf.data.AUTOTUNE)
+    if training and image_dtype == "float32":
+        dataset = dataset.map(lambda views, labels: (augment.finish_views(*views, mean_image), labels),
+                              num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.with_options(options)
     if data_service:
         dataset = _distribute(dataset, data_service, training)

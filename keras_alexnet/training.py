@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import checkpoints, data, distribute, evaluation, export, optimization
+from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, optimization
 from keras_alexnet.errors import UsageError
 from keras_alexnet.logs import Progress, RunLog
 from keras_alexnet.model import VARIANTS, INITS, min_input_size
@@ -207,6 +207,8 @@ class Trainer:
         scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
         def forward_backward(images, labels):
+            if isinstance(images, tuple):  # uint8 crops and lighting shifts (data.make_dataset)
+                images = augment.finish_views(*images)  # on the device, fused into conv1's input
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(images, training=True), tf.float32)
                 per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)
@@ -258,6 +260,8 @@ def _dataset_fn(config, split, training, seed):
             deterministic=config.deterministic,
             augmentation=config.augmentation if training else "none",
             data_service=config.data_service if training else None,
+            # Training batches come as uint8 crops; replica_step finishes them on the device.
+            image_dtype="uint8" if training else "float32",
         )
 
     return dataset_fn

@@ -62,6 +62,9 @@ flags.DEFINE_integer("width", 500, "input: width of the written JPEGs.")
 flags.DEFINE_integer("height", 375, "input: height of the written JPEGs.")
 flags.DEFINE_string("image_dir", None, "input: use this folder (DIR/train/<class>/*.jpg) instead of writing JPEGs.")
 flags.DEFINE_enum("augmentation", "paper", ["paper", "inception", "none"], "input: training augmentation.")
+flags.DEFINE_enum("image_dtype", "uint8", ["uint8", "float32"],
+                  "input: uint8: the batches the Trainer gets (crops; cast, mean and lighting run on the device); "
+                  "float32: the model's input made on the host.")
 flags.DEFINE_bool("json", False, "Print one JSON object per run instead of a summary.")
 
 
@@ -110,7 +113,7 @@ def main(argv):
     result = benchmarks.input_benchmark(
         image_dir=FLAGS.image_dir, num_images=FLAGS.num_images, width=FLAGS.width, height=FLAGS.height,
         image_size=FLAGS.image_size, batch_size=batch_size, num_batches=num_batches,
-        runs=FLAGS.runs, threads=FLAGS.threads, augmentation=FLAGS.augmentation,
+        runs=FLAGS.runs, threads=FLAGS.threads, augmentation=FLAGS.augmentation, image_dtype=FLAGS.image_dtype,
     )
     return print_input_result(result)
 
@@ -172,10 +175,11 @@ def print_layer_profile(rows, mode, batch_size):
 def print_input_result(result):
     if FLAGS.json:
         for run in result["runs"]:
-            print(json.dumps({"mode": "input", **run, "threads": result["threads"],
+            print(json.dumps({"mode": "input", **run, "threads": result["threads"], "image_dtype": result["image_dtype"],
                               "image_size": result["image_size"], "batch_size": result["batch_size"]}))
         return 0
-    print(f"input pipeline ({result['augmentation']}, S={result['image_size']}, batch {result['batch_size']}, "
+    print(f"input pipeline ({result['augmentation']}, {result['image_dtype']} out, S={result['image_size']}, "
+          f"batch {result['batch_size']}, "
           f"{result['threads']} thread(s), {result['source_images']}), medians of {len(result['runs'])} runs:")
     print(f"  training pipeline  {result['images_per_sec']:8.1f} images/s   "
           f"{result['images_per_sec_per_core']:8.1f} images per CPU-second")

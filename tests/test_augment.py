@@ -183,6 +183,28 @@ def test_train_view_eager_and_tf_data_agree(augmentation, fmt):
     assert differs == (augmentation != "none")
 
 
+@pytest.mark.parametrize("augmentation", augment.AUGMENTATIONS)
+def test_train_view_is_the_uint8_crop_finished(augmentation):
+    data = _encode(_smooth_image(90, 120), "JPEG")
+    seeds = [tf.constant([s, 4], tf.int64) for s in range(3)]
+    crops = [augment.train_crop(data, 67, seed, augmentation) for seed in seeds]
+    shifts = [augment.lighting_shift(seed, augmentation) for seed in seeds]
+    assert crops[0].dtype == tf.uint8 and crops[0].shape == (67, 67, 3) and shifts[0].shape == (3,)
+    assert any(np.abs(s.numpy()).max() > 0.1 for s in shifts) == (augmentation == "paper")
+    views = [augment.train_view(data, 67, seed, augmentation).numpy() for seed in seeds]
+    # finish_views on a batch = on each view = the float view; the lighting shift is the one
+    # pca_lighting adds to every pixel.
+    batch = augment.finish_views(tf.stack(crops), tf.stack(shifts)).numpy()
+    for crop, shift, view, batched in zip(crops, shifts, views, batch):
+        expected = crop.numpy().astype(np.float32) - MEAN + shift.numpy()
+        np.testing.assert_allclose(view, expected, atol=1e-4)
+        np.testing.assert_allclose(batched, expected, atol=1e-4)
+    # Rounding to uint8 moves a pixel by at most 0.5 from the float resize.
+    if augmentation == "none":
+        exact = augment.center_view(augment.decode_image(data), 67).numpy()
+        assert np.abs(views[0] - exact).max() <= 0.5 + 1e-3
+
+
 def test_train_view_rejects_unknown_augmentation():
     with pytest.raises(ValueError, match="augmentation"):
         augment.train_view(b"", 67, tf.constant([0, 0]), "cutmix")

@@ -99,6 +99,23 @@ def test_shapes_training_batches():
     assert set(np.concatenate([b[1].numpy() for b in batches])) <= set(range(10))
 
 
+def test_uint8_training_batches_finish_to_the_float_batches():
+    def first_batches(image_dtype):
+        dataset = data.make_dataset(SMALL_SHAPES, "train", image_size=67, batch_size=8, training=True, seed=2,
+                                    deterministic=True, image_dtype=image_dtype)
+        return list(dataset.take(2))
+
+    for ((crops, shifts), labels), (images, float_labels) in zip(first_batches("uint8"), first_batches("float32")):
+        assert crops.dtype == tf.uint8 and crops.shape == (8, 67, 67, 3) and shifts.shape == (8, 3)
+        np.testing.assert_array_equal(labels, float_labels)
+        np.testing.assert_allclose(augment.finish_views(crops, shifts).numpy(), images.numpy(), atol=1e-4)
+    (crops, shifts), labels = next(iter(data.make_dataset("synthetic", "train", image_size=67, batch_size=4,
+                                                          training=True, image_dtype="uint8")))
+    assert crops.dtype == tf.uint8 and crops.shape == (4, 67, 67, 3) and shifts.shape == (4, 3)
+    with pytest.raises(UsageError, match="image_dtype"):
+        data.make_dataset(SMALL_SHAPES, "validation", image_size=67, batch_size=8, training=False, image_dtype="uint8")
+
+
 @pytest.mark.parametrize("crops", [1, 10])
 def test_shapes_evaluation_sees_every_example_once(crops):
     dataset = data.make_dataset(SMALL_SHAPES, "validation", image_size=67, batch_size=10, training=False, crops=crops)
