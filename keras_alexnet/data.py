@@ -20,7 +20,8 @@ Dataset strings (`spec`):
 The pipeline (make_dataset), per input pipeline (tf.distribute.InputContext):
     records (this pipeline's share of the files, or of the records) -> shuffle -> repeat
     (training) -> per-example seed -> decode + augment in parallel, skipping undecodable images
-    -> batch (per-replica batch size) -> [tf.data service] -> prefetch.
+    -> batch (per-replica batch size) -> [training: the batch's float work, augment.finish_views,
+    unless image_dtype="uint8" leaves it to the accelerator] -> [tf.data service] -> prefetch.
 
 Bad input never stops a run and never passes silently: an example that cannot be read or decoded
 (truncated or empty file, not an image, bad label) is skipped, counted in `BAD_IMAGES`, and the
