@@ -423,19 +423,30 @@ def _synthetic_dataset(spec, split, image_size, batch_size, training, crops, pip
 # ----------------------------------------------------------------------------- the pipeline
 
 
-def _report_in_python(ok, name):
-    return tf.cond(ok, lambda: tf.constant(True),
-                   lambda: tf.reshape(tf.py_function(BAD_IMAGES.record, [name], tf.bool), []))
+def _report_in_python(failed_names):
+    def record_all(names):
+        for name in names.numpy():
+            BAD_IMAGES.record(name.decode("utf-8", "replace"))
+        return True
+
+    return tf.cond(tf.size(failed_names) > 0,
+                   lambda: tf.reshape(tf.py_function(record_all, [failed_names], tf.bool), []),
+                   lambda: tf.constant(True))
 
 
-def _report_in_graph(ok, name):
+def _report_in_graph(failed_names):
     # A tf.data service worker cannot call back into this process: print there instead.
     def report():
-        with tf.control_dependencies([tf.print("keras_alexnet: skipped an undecodable image:", name,
+        with tf.control_dependencies([tf.print("keras_alexnet: skipped undecodable images:", failed_names,
                                                output_stream=sys.stderr)]):
-            return tf.constant(False)
+            return tf.constant(True)
 
-    return tf.cond(ok, lambda: tf.constant(True), report)
+    return tf.cond(tf.size(failed_names) > 0, report, lambda: tf.constant(True))
+
+
+# Examples tried together: one small dataset per group instead of one per example (the per-example
+# version cost ~20% of the training pipeline's CPU, docs/input.md).
+GROUP_SIZE = 8
 
 
 def skip_bad_examples(records, load, view, placeholder, num_classes, report=_report_in_python):
@@ -443,27 +454,36 @@ def skip_bad_examples(records, load, view, placeholder, num_classes, report=_rep
 
     `placeholder`: tensors with the structure, shapes and dtypes of a view.
 
-    tf.data has no try/except: each example runs in its own one-element dataset with
-    `ignore_errors()`, followed by a placeholder flagged as failed; `take(1)` keeps the view if
-    it worked and the placeholder if not. A parallel interleave runs these in parallel, the
-    placeholders are counted (`report`) and dropped.
+    tf.data has no try/except. Records are taken GROUP_SIZE at a time; each group runs in its own
+    small dataset, `map(view)` then `ignore_errors()`, which drops the examples that fail, then
+    one placeholder (so a group in which every example failed still yields), all batched into
+    one element. The group's examples that are missing from it are reported by name (`report`),
+    the placeholder dropped, and the views unbatched. A parallel interleave runs the groups in
+    parallel; the order of the examples is kept.
     """
-    def attempt(payload, label, name, seed):
-        def run(payload, label, name, seed):
-            image_bytes, label = load(payload, label)
-            check = tf.debugging.assert_less(tf.cast(label, tf.uint32), tf.cast(num_classes, tf.uint32),
-                                             message="label out of range")
-            with tf.control_dependencies([check]):
-                return view(image_bytes, seed), tf.identity(label), name, tf.constant(True)
+    def run(payload, label, name, seed, index):
+        image_bytes, label = load(payload, label)
+        check = tf.debugging.assert_less(tf.cast(label, tf.uint32), tf.cast(num_classes, tf.uint32),
+                                         message="label out of range")
+        with tf.control_dependencies([check]):
+            return view(image_bytes, seed), tf.identity(label), index
 
-        good = tf.data.Dataset.from_tensors((payload, label, name, seed)).map(run).ignore_errors()
-        failed = tf.data.Dataset.from_tensors((placeholder, label, name, tf.constant(False)))
-        return good.concatenate(failed).take(1)
+    def attempt(payloads, labels, names, seeds):
+        indices = tf.range(tf.shape(names)[0])
+        good = tf.data.Dataset.from_tensor_slices((payloads, labels, names, seeds, indices)).map(run).ignore_errors()
+        end = tf.data.Dataset.from_tensors((placeholder, labels[0], tf.constant(-1)))
+        return good.concatenate(end).batch(GROUP_SIZE + 1).map(
+            lambda views, labels_, done: (views, labels_, done, names))
 
-    results = records.interleave(attempt, cycle_length=tf.data.AUTOTUNE, block_length=1,
-                                 num_parallel_calls=tf.data.AUTOTUNE)
-    results = results.filter(lambda view_, label, name, ok: report(ok, name))
-    return results.map(lambda view_, label, name, ok: (view_, label))
+    def report_and_trim(views, labels_, done, names):
+        decoded = tf.reduce_any(tf.equal(tf.range(tf.shape(names)[0])[:, None], done[None, :]), axis=1)
+        with tf.control_dependencies([report(tf.boolean_mask(names, tf.logical_not(decoded)))]):
+            keep = tf.shape(done)[0] - 1  # the placeholder is last
+            return tf.nest.map_structure(lambda x: tf.identity(x[:keep]), (views, labels_))
+
+    groups = records.batch(GROUP_SIZE).interleave(attempt, cycle_length=tf.data.AUTOTUNE, block_length=1,
+                                                  num_parallel_calls=tf.data.AUTOTUNE)
+    return groups.map(report_and_trim).unbatch()
 
 
 def make_dataset(

@@ -300,6 +300,21 @@ def test_bad_images_are_decoded_or_skipped_counted_and_warned_once(bad_folder, c
     assert "3 undecodable images skipped" in data.BAD_IMAGES.summary()
 
 
+def test_a_group_of_examples_that_all_fail_is_counted_and_the_next_group_kept(tmp_path):
+    # Examples are tried GROUP_SIZE at a time; a group in which every one fails still counts each.
+    bad, good = tmp_path / "train" / "a_bad", tmp_path / "train" / "b_good"
+    bad.mkdir(parents=True)
+    good.mkdir(parents=True)
+    for i in range(data.GROUP_SIZE + 2):
+        (bad / f"{i:02d}.jpg").write_bytes(b"")
+    (good / "0.jpg").write_bytes(_encode(_grey(0)))
+    (good / "1.jpg").write_bytes(_encode(_grey(1)))
+    ids, labels = _collect(data.make_dataset(f"folder:{tmp_path}", "train", image_size=67, batch_size=2,
+                                             training=False, deterministic=True))
+    assert sorted(ids) == [0, 1] and labels == [1, 1]
+    assert data.BAD_IMAGES.count == data.GROUP_SIZE + 2
+
+
 def test_bad_images_never_stop_training(bad_folder):
     dataset = data.make_dataset(f"folder:{bad_folder}", "train", image_size=67, batch_size=4, training=True, seed=0)
     for images, _ in dataset.take(5):
