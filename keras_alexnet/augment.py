@@ -261,11 +261,20 @@ def train_crop(image_bytes, image_size, seed, augmentation="paper"):
             window_fn = lambda shape: inception_crop_window(shape, seeds[0])  # noqa: E731
         # Flipping the uint8 crop before the (left-right symmetric) resize copies a quarter of the
         # bytes of flipping the float output; same result.
-        image = _resize(random_flip(decode_random_crop(image_bytes, window_fn), seeds[1]), image_size, image_size)
+        crop = random_flip(decode_random_crop(image_bytes, window_fn), seeds[1])
+        # Images stored with the shorter side at scaled_size(S) (the paper's 256 for 227, §2) give
+        # S x S crops: a resize to the same size is the identity, so skip it.
+        same_size = tf.reduce_all(tf.equal(tf.shape(crop)[:2], image_size))
+        image = tf.cond(same_size, lambda: crop, lambda: _round_to_uint8(_resize(crop, image_size, image_size)))
     else:
         raise ValueError(f"unknown augmentation {augmentation!r}; expected one of {AUGMENTATIONS}")
+    image = _round_to_uint8(image) if image.dtype != tf.uint8 else image
     image.set_shape([image_size, image_size, 3])
-    # Bilinear weights are convex, so the float result is already within 0..255.
+    return image
+
+
+def _round_to_uint8(image):
+    # Bilinear weights are convex, so a resized uint8 image is already within 0..255.
     return tf.cast(tf.round(image), tf.uint8)
 
 

@@ -205,6 +205,19 @@ def test_train_view_is_the_uint8_crop_finished(augmentation):
         assert np.abs(views[0] - exact).max() <= 0.5 + 1e-3
 
 
+def test_train_crop_of_an_image_already_at_the_scaled_size_is_a_plain_crop():
+    # 76 = scaled_size(67): the paper's crop is then 67 x 67 pixels of the stored image, no resize.
+    image = _smooth_image(76, 90)
+    data = _encode(image, "PNG")
+    seed = tf.constant([5, 6], tf.int64)
+    crop = augment.train_crop(data, 67, seed, "paper").numpy()
+    seeds = tf.random.experimental.stateless_split(seed, num=3)
+    top, left, height, width = augment.paper_crop_window(tf.constant([76, 90]), 67, seeds[0]).numpy()
+    assert (height, width) == (67, 67)
+    expected = augment.random_flip(image[top:top + 67, left:left + 67], seeds[1]).numpy()
+    np.testing.assert_array_equal(crop, expected)
+
+
 def test_train_view_rejects_unknown_augmentation():
     with pytest.raises(ValueError, match="augmentation"):
         augment.train_view(b"", 67, tf.constant([0, 0]), "cutmix")
