@@ -252,7 +252,7 @@ def train_crop(image_bytes, image_size, seed, augmentation="paper"):
     """
     if augmentation == "none":
         side = scaled_size(image_size)
-        image = _central_square(resize_shorter_side(decode_image(image_bytes), side), image_size)
+        image = _round_to_uint8(_central_square(resize_shorter_side(decode_image(image_bytes), side), image_size))
     elif augmentation in ("paper", "inception"):
         seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
         if augmentation == "paper":
@@ -268,7 +268,6 @@ def train_crop(image_bytes, image_size, seed, augmentation="paper"):
         image = tf.cond(same_size, lambda: crop, lambda: _round_to_uint8(_resize(crop, image_size, image_size)))
     else:
         raise ValueError(f"unknown augmentation {augmentation!r}; expected one of {AUGMENTATIONS}")
-    image = _round_to_uint8(image) if image.dtype != tf.uint8 else image
     image.set_shape([image_size, image_size, 3])
     return image
 

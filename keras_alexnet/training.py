@@ -208,7 +208,7 @@ class Trainer:
 
         def forward_backward(images, labels):
             if isinstance(images, tuple):  # uint8 crops and lighting shifts (data.make_dataset)
-                images = augment.finish_views(*images)  # on the device, fused into conv1's input
+                images = augment.finish_views(*images)  # on the device; under XLA fused into conv1's input
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(images, training=True), tf.float32)
                 per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)
@@ -246,7 +246,7 @@ class Trainer:
         return self._train_loop(iterator, tf.constant(steps, tf.int64)).numpy()
 
 
-def _dataset_fn(config, split, training, seed):
+def _dataset_fn(config, split, training, seed, image_dtype="float32"):
     def dataset_fn(input_context):
         return data.make_dataset(
             config.dataset, split,
@@ -260,8 +260,7 @@ def _dataset_fn(config, split, training, seed):
             deterministic=config.deterministic,
             augmentation=config.augmentation if training else "none",
             data_service=config.data_service if training else None,
-            # Training batches come as uint8 crops; replica_step finishes them on the device.
-            image_dtype="uint8" if training else "float32",
+            image_dtype=image_dtype,
         )
 
     return dataset_fn
@@ -306,7 +305,11 @@ def train(config, strategy=None, stream=None):
 
     start_step = int(trainer.step.numpy())
     total_steps = config.epochs * config.steps_per_epoch
-    train_data = strategy.distribute_datasets_from_function(_dataset_fn(config, "train", True, config.seed + start_step))
+    # Training batches come as uint8 crops that forward_backward finishes on the device; on TPUs,
+    # whose infeed of uint8 is not tested here, as float32 views made on the host.
+    image_dtype = "float32" if isinstance(strategy, tf.distribute.TPUStrategy) else "uint8"
+    train_data = strategy.distribute_datasets_from_function(
+        _dataset_fn(config, "train", True, config.seed + start_step, image_dtype))
     eval_fn = _dataset_fn(config, "validation", False, config.seed)
 
     def evaluate_held_out():
