@@ -449,7 +449,7 @@ def _report_in_graph(failed_names):
 GROUP_SIZE = 8
 
 
-def skip_bad_examples(records, load, view, placeholder, num_classes, report=_report_in_python):
+def skip_bad_examples(records, load, view, placeholder, num_classes, report=_report_in_python, keep_order=None):
     """Map (payload, label, name, seed) -> (view, label), skipping examples that fail.
 
     `placeholder`: tensors with the structure, shapes and dtypes of a view.
@@ -459,7 +459,8 @@ def skip_bad_examples(records, load, view, placeholder, num_classes, report=_rep
     one placeholder (so a group in which every example failed still yields), all batched into
     one element. The group's examples that are missing from it are reported by name (`report`),
     the placeholder dropped, and the views unbatched. A parallel interleave runs the groups in
-    parallel; the order of the examples is kept.
+    parallel. `keep_order=True` keeps the records' order whatever the dataset options say;
+    None leaves it to `tf.data.Options.deterministic`.
     """
     def run(payload, label, name, seed, index):
         image_bytes, label = load(payload, label)
@@ -482,7 +483,7 @@ def skip_bad_examples(records, load, view, placeholder, num_classes, report=_rep
             return tf.nest.map_structure(lambda x: tf.identity(x[:keep]), (views, labels_))
 
     groups = records.batch(GROUP_SIZE).interleave(attempt, cycle_length=tf.data.AUTOTUNE, block_length=1,
-                                                  num_parallel_calls=tf.data.AUTOTUNE)
+                                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=keep_order)
     return groups.map(report_and_trim).unbatch()
 
 
@@ -524,7 +525,8 @@ def make_dataset(
             where there are enough, else records).
         data_dir, manual_dir: for tfds: where the prepared data is / the raw files to build it.
         seed: int; the same seed gives the same shuffles and augmentations. None: random.
-        deterministic: keep the element order fixed despite parallelism (slower).
+        deterministic: keep the training element order fixed despite parallelism (slower).
+            Evaluation (training=False) always keeps the order of the files or records.
         augmentation: "paper", "inception" or "none" (augment.py).
         crops: 1 or 10 (evaluation only).
         data_service: "grpc://host:port" of a tf.data service dispatcher: decoding and
@@ -590,8 +592,11 @@ def make_dataset(
         placeholder = tf.zeros([image_size, image_size, 3], tf.float32)
 
     report = _report_in_graph if data_service else _report_in_python
-    dataset = skip_bad_examples(records, load, view, placeholder, num_classes, report)
-    dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=tf.data.AUTOTUNE)
+    # Evaluation keeps the file order (results line up with the files); training need not.
+    dataset = skip_bad_examples(records, load, view, placeholder, num_classes, report,
+                                keep_order=None if training else True)
+    dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=None if training else True)
     if training and image_dtype == "float32":
         dataset = dataset.map(lambda views, labels: (augment.finish_views(*views, mean_image), labels),
                               num_parallel_calls=tf.data.AUTOTUNE)
