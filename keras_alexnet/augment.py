@@ -240,8 +240,12 @@ def lighting_shift(seed, augmentation="paper", std=0.1):
     augmentation is "paper" with std > 0. Same seed as train_view gives the same shift."""
     if augmentation != "paper" or not std:
         return tf.zeros([3], tf.float32)
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
-    return pca_lighting(tf.zeros([3], tf.float32), seeds[2], std)
+    return pca_lighting(tf.zeros([3], tf.float32), _view_seeds(seed)[2], std)
+
+
+def _view_seeds(seed):
+    # One example's seed -> the seeds of its crop window, flip and lighting (in that order).
+    return tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
 
 
 def train_crop(image_bytes, image_size, seed, augmentation="paper"):
@@ -254,7 +258,7 @@ def train_crop(image_bytes, image_size, seed, augmentation="paper"):
         side = scaled_size(image_size)
         image = _round_to_uint8(_central_square(resize_shorter_side(decode_image(image_bytes), side), image_size))
     elif augmentation in ("paper", "inception"):
-        seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3)
+        seeds = _view_seeds(seed)
         if augmentation == "paper":
             window_fn = lambda shape: paper_crop_window(shape, image_size, seeds[0])  # noqa: E731
         else:

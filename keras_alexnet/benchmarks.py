@@ -316,7 +316,10 @@ def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
     strategy_object = distribute.get_strategy(strategy, tpu=tpu)
     kind = distribute.device_kind()
     precision = precision or distribute.default_precision(kind, strategy_object)
-    xla = xla if xla is not None else kind in ("gpu", "tpu")  # as training.resolve chooses
+    # XLA by default on GPU and TPU only: on CPU the graph without it already runs at the matmul
+    # rate (docs/performance.md), and the exported SavedModel never carries it. (Training turns
+    # XLA on everywhere, training.resolve.)
+    xla = xla if xla is not None else kind in ("gpu", "tpu")
     if batch_size % strategy_object.num_replicas_in_sync:
         raise UsageError(f"--batch_size={batch_size} is not divisible by the "
                                   f"{strategy_object.num_replicas_in_sync} replicas.")

@@ -403,11 +403,12 @@ def _synthetic_dataset(spec, split, image_size, batch_size, training, crops, pip
     info = dataset_info(spec)
     shape = [batch_size] + ([10] if crops == 10 else []) + [image_size, image_size, 3]
     rng = np.random.default_rng(seed)
-    images = rng.normal(0.0, 60.0, shape).astype(np.float32)
-    labels = rng.integers(0, info.num_classes, batch_size).astype(np.int32)
     if image_dtype == "uint8":  # training only (make_dataset checks): crops and zero shifts
         views = (rng.integers(0, 256, shape).astype(np.uint8), np.zeros([batch_size, 3], np.float32))
+        labels = rng.integers(0, info.num_classes, batch_size).astype(np.int32)
         return tf.data.Dataset.from_tensors((views, labels)).repeat()
+    images = rng.normal(0.0, 60.0, shape).astype(np.float32)
+    labels = rng.integers(0, info.num_classes, batch_size).astype(np.int32)
     dataset = tf.data.Dataset.from_tensors((images, labels))
     if training:
         return dataset.repeat()
@@ -429,19 +430,14 @@ def _report_in_python(failed_names):
             BAD_IMAGES.record(name.decode("utf-8", "replace"))
         return True
 
-    return tf.cond(tf.size(failed_names) > 0,
-                   lambda: tf.reshape(tf.py_function(record_all, [failed_names], tf.bool), []),
-                   lambda: tf.constant(True))
+    return tf.reshape(tf.py_function(record_all, [failed_names], tf.bool), [])
 
 
 def _report_in_graph(failed_names):
     # A tf.data service worker cannot call back into this process: print there instead.
-    def report():
-        with tf.control_dependencies([tf.print("keras_alexnet: skipped undecodable images:", failed_names,
-                                               output_stream=sys.stderr)]):
-            return tf.constant(True)
-
-    return tf.cond(tf.size(failed_names) > 0, report, lambda: tf.constant(True))
+    with tf.control_dependencies([tf.print("keras_alexnet: skipped undecodable images:", failed_names,
+                                           output_stream=sys.stderr)]):
+        return tf.constant(True)
 
 
 # Examples tried together: one small dataset per group instead of one per example (the per-example
@@ -478,9 +474,11 @@ def skip_bad_examples(records, load, view, placeholder, num_classes, report=_rep
 
     def report_and_trim(views, labels_, done, names):
         decoded = tf.reduce_any(tf.equal(tf.range(tf.shape(names)[0])[:, None], done[None, :]), axis=1)
-        with tf.control_dependencies([report(tf.boolean_mask(names, tf.logical_not(decoded)))]):
+        failed = tf.boolean_mask(names, tf.logical_not(decoded))
+        reported = tf.cond(tf.size(failed) > 0, lambda: report(failed), lambda: tf.constant(True))
+        with tf.control_dependencies([reported]):
             keep = tf.shape(done)[0] - 1  # the placeholder is last
-            return tf.nest.map_structure(lambda x: tf.identity(x[:keep]), (views, labels_))
+            return tf.nest.map_structure(lambda x: x[:keep], (views, labels_))
 
     groups = records.batch(GROUP_SIZE).interleave(attempt, cycle_length=tf.data.AUTOTUNE, block_length=1,
                                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=keep_order)

@@ -21,7 +21,7 @@ Examples:
     python scripts/benchmark.py infer --runs=5 --json
     python scripts/benchmark.py train --per_layer --runs=3
     python scripts/benchmark.py input --threads=1 --runs=5
-    TF_CPU_ALLOCATOR_USE_BFC=true python scripts/benchmark.py train --xla --runs=3   # fastest on CPU
+    python scripts/benchmark.py train --noxla --runs=3   # training's default is XLA on
     TF_ENABLE_ONEDNN_OPTS=0 python scripts/benchmark.py train --inter_op_threads=1
 """
 
@@ -44,7 +44,8 @@ flags.DEFINE_integer("image_size", 227, "Model input size S.")
 flags.DEFINE_integer("batch_size", None, "Images per (global) batch. Default: 64 for train and infer, 32 for input.")
 flags.DEFINE_enum("precision", None, ["float32", "mixed_float16", "mixed_bfloat16"],
                   "train/infer: dtype policy (default as scripts/train.py: float32 on CPU, mixed on GPU/TPU).")
-flags.DEFINE_bool("xla", None, "train/infer: XLA-compile the forward (and backward) pass (default as scripts/train.py).")
+flags.DEFINE_bool("xla", None, "train/infer: XLA-compile the forward (and backward) pass (default: train on, as "
+                  "scripts/train.py; infer on for GPU/TPU, off on CPU).")
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
                   "train/infer: tf.distribute strategy, as in scripts/train.py.")
 flags.DEFINE_string("tpu", None, "TPU for --strategy=tpu ('local' on a TPU VM).")
