@@ -58,17 +58,62 @@ def scaled_size(image_size):
     return int(round(PAPER_SCALED_SIZE * image_size / PAPER_IMAGE_SIZE))
 
 
-def decode_image(image_bytes):
+def decode_image(image_bytes, min_side=None):
     """Decode JPEG, PNG, GIF (first frame) or BMP bytes to uint8 RGB [H, W, 3].
 
     Grayscale and CMYK JPEGs, grayscale and RGBA PNGs are converted to RGB. The format is read
     from the bytes, not a file name, so a PNG named `.jpg` decodes. Raises
     `tf.errors.InvalidArgumentError` on bytes that are not a decodable image (the input pipeline
     in data.py skips and counts those).
+
+    `min_side`: the caller only needs the shorter side down to this many pixels. A JPEG whose
+    shorter side is at least twice that is then decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
+    scaled inverse DCT, `jpeg_scale`), the smallest scale that keeps the shorter side >= min_side.
     """
-    image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
+    if min_side is not None:
+        def jpeg():
+            shape = tf.image.extract_jpeg_shape(image_bytes)
+            scale = jpeg_scale(tf.minimum(shape[0], shape[1]), min_side)
+            # libjpeg rounds the scaled sides up; the last row and column then stand for less than
+            # `scale` pixels. Dropping them keeps the image's geometry exact to 1/scale.
+            return _scaled_jpeg_decode(image_bytes, scale, tf.stack([0, 0, shape[0] // scale, shape[1] // scale]))
+
+        def other():
+            return decode_image(image_bytes)
+
+        image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+    else:
+        image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
+
+
+# The scales libjpeg's inverse DCT computes directly, and TensorFlow exposes (`ratio`).
+JPEG_SCALES = (1, 2, 4, 8)
+
+
+def jpeg_scale(side, min_side):
+    """The largest of JPEG_SCALES s with side // s >= min_side (1 if none): int32 scalar.
+
+    A JPEG decoded at 1/s has each side rounded up from side / s; side // s is the conservative
+    bound. Decoding at 1/s is an 8x8-block low-pass and subsample, so it replaces the first part
+    of a reduction the caller makes anyway, at a fraction of the cost of a full decode and resize.
+    """
+    side = tf.cast(side, tf.int32)
+    scale = tf.constant(1, tf.int32)
+    for candidate in JPEG_SCALES[1:]:
+        scale = tf.where(side // candidate >= min_side, candidate, scale)
+    return scale
+
+
+def _scaled_jpeg_decode(image_bytes, scale, window):
+    """decode_and_crop_jpeg at 1/scale (scale: an int32 tensor, one of JPEG_SCALES); `window`
+    [top, left, height, width] in the scaled image's pixels."""
+    def at(ratio):
+        return lambda: tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3, ratio=ratio)
+
+    index = tf.reduce_sum(tf.cast(tf.constant(JPEG_SCALES) < scale, tf.int32))  # 1, 2, 4, 8 -> 0, 1, 2, 3
+    return tf.switch_case(index, [at(ratio) for ratio in JPEG_SCALES])
 
 
 def _resize(image, height, width):
@@ -100,6 +145,12 @@ def resize_shorter_side(image, size):
     new_height = tf.maximum(tf.cast(tf.round(height * scale), tf.int32), size)
     new_width = tf.maximum(tf.cast(tf.round(width * scale), tf.int32), size)
     return _resize(image, new_height, new_width)
+
+
+def decode_for_view(image_bytes, image_size):
+    """Decode bytes for center_view or ten_crop at input size S: as decode_image, with large JPEGs
+    decoded at reduced scale (shorter side kept >= scaled_size(S), which is all the views use)."""
+    return decode_image(image_bytes, min_side=scaled_size(image_size))
 
 
 def _central_square(image, side):
@@ -194,17 +245,28 @@ def inception_crop_window(image_shape, seed, area_range=(0.08, 1.0), aspect_rati
     return tf.stack([begin[0], begin[1], size[0], size[1]])
 
 
-def decode_random_crop(image_bytes, window_fn):
+def decode_random_crop(image_bytes, window_fn, min_side=None):
     """Decode only a window of the image: uint8 [h, w, 3], window = window_fn([height, width]).
 
     JPEG: the size is read from the header (tf.image.extract_jpeg_shape) and only the window is
     decoded (tf.io.decode_and_crop_jpeg skips the IDCT outside it and stops after its last
     row). Other formats are decoded whole and cropped.
+
+    `min_side`: the caller resizes the crop down to this size. A JPEG window whose shorter side is
+    at least twice that is decoded at 1/2, 1/4 or 1/8 scale (`jpeg_scale`), so the crop comes
+    back smaller, but never below min_side.
     """
 
     def jpeg():
         window = window_fn(tf.image.extract_jpeg_shape(image_bytes)[:2])
-        return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
+        if min_side is None:
+            return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
+        # The same window at 1/scale, each edge rounded to the nearest scaled pixel (at most
+        # scale/2 original pixels off; the sides stay >= min_side and inside the scaled image).
+        scale = jpeg_scale(tf.minimum(window[2], window[3]), min_side)
+        start = (2 * window[:2] + scale) // (2 * scale)
+        end = (2 * (window[:2] + window[2:]) + scale) // (2 * scale)
+        return _scaled_jpeg_decode(image_bytes, scale, tf.concat([start, end - start], 0))
 
     def other():
         image = decode_image(image_bytes)
@@ -251,21 +313,20 @@ def _view_seeds(seed):
 def train_crop(image_bytes, image_size, seed, augmentation="paper"):
     """Encoded image bytes -> the geometric part of a training view, uint8 [S, S, 3].
 
-    "paper" / "inception": a random window decoded with the fused decode-and-crop, flipped with
-    probability 1/2, resized to S x S (bilinear); "none": the centre view. `seed`: int tensor [2].
+    "paper" / "inception": a random window decoded with the fused decode-and-crop (at 1/2, 1/4
+    or 1/8 scale when the window is at least 2, 4 or 8 times S), flipped with probability 1/2,
+    resized to S x S (bilinear); "none": the centre view. `seed`: int tensor [2].
     """
     if augmentation == "none":
         side = scaled_size(image_size)
-        image = _round_to_uint8(_central_square(resize_shorter_side(decode_image(image_bytes), side), image_size))
+        image = _round_to_uint8(_central_square(resize_shorter_side(decode_for_view(image_bytes, image_size), side),
+                                                image_size))
     elif augmentation in ("paper", "inception"):
         seeds = _view_seeds(seed)
-        if augmentation == "paper":
-            window_fn = lambda shape: paper_crop_window(shape, image_size, seeds[0])  # noqa: E731
-        else:
-            window_fn = lambda shape: inception_crop_window(shape, seeds[0])  # noqa: E731
         # Flipping the uint8 crop before the (left-right symmetric) resize copies a quarter of the
         # bytes of flipping the float output; same result.
-        crop = random_flip(decode_random_crop(image_bytes, window_fn), seeds[1])
+        crop = random_flip(decode_random_crop(image_bytes, crop_window_fn(augmentation, image_size, seeds[0]),
+                                              min_side=image_size), seeds[1])
         # Images stored with the shorter side at scaled_size(S) (the paper's 256 for 227, §2) give
         # S x S crops: a resize to the same size is the identity, so skip it.
         same_size = tf.reduce_all(tf.equal(tf.shape(crop)[:2], image_size))
@@ -274,6 +335,16 @@ def train_crop(image_bytes, image_size, seed, augmentation="paper"):
         raise ValueError(f"unknown augmentation {augmentation!r}; expected one of {AUGMENTATIONS}")
     image.set_shape([image_size, image_size, 3])
     return image
+
+
+def crop_window_fn(augmentation, image_size, seed):
+    """The random training window of "paper" or "inception" for this seed, as a function of the
+    image's [height, width] (what decode_random_crop takes)."""
+    if augmentation == "paper":
+        return lambda shape: paper_crop_window(shape, image_size, seed)
+    if augmentation == "inception":
+        return lambda shape: inception_crop_window(shape, seed)
+    raise ValueError(f"augmentation {augmentation!r} has no random window; expected paper or inception")
 
 
 def _round_to_uint8(image):

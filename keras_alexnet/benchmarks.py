@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from keras_alexnet import data, distribute, export, training
+from keras_alexnet import augment, data, distribute, export, training
 from keras_alexnet.errors import UsageError
 from keras_alexnet.layers import TwoColumnConv2D
 from keras_alexnet.model import build
@@ -79,8 +79,28 @@ def _plain_decode_dataset(root, batch_size, threads):
     return dataset.with_options(_threading(threads)).prefetch(2)
 
 
+def _step_datasets(root, image_size, batch_size, threads, augmentation, seed):
+    """The training pipeline's per-image work one step at a time, on the same files: the fused
+    decode-and-crop of the random window alone, then `augment.train_crop` (+ flip, resize to S)."""
+    paths, _ = data._folder_files(root, "train")
+    examples = tf.data.Dataset.from_tensor_slices(list(paths)).repeat().enumerate().map(
+        lambda index, path: (tf.io.read_file(path), tf.stack([tf.constant(seed, tf.int64), index])))
+
+    def crop(image_bytes, example_seed):
+        window_fn = augment.crop_window_fn(augmentation, image_size, example_seed)
+        return tf.shape(augment.decode_random_crop(image_bytes, window_fn, min_side=image_size))[0]
+
+    def crop_flip_resize(image_bytes, example_seed):
+        return augment.train_crop(image_bytes, image_size, example_seed, augmentation)
+
+    steps = {"fused decode-and-crop": crop, "+ flip, resize to S (train_crop)": crop_flip_resize}
+    return {name: examples.map(fn, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+            .with_options(_threading(threads)).prefetch(2) for name, fn in steps.items()}
+
+
 def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, image_size=227, batch_size=32,
-                    num_batches=20, runs=5, threads=1, augmentation="paper", image_dtype="uint8", seed=0):
+                    num_batches=20, runs=5, threads=1, augmentation="paper", image_dtype="uint8", seed=0,
+                    steps=False):
     """Training input pipeline vs plain decode, images/s, `runs` times; medians and per-run ratios.
 
     Args:
@@ -89,10 +109,16 @@ def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, im
         threads: tf.data threads for both pipelines (1 gives the per-core rate).
         image_dtype: "uint8" (default): the batches the Trainer gets, uint8 crops and lighting
             shifts; "float32": the model's input, finished on the host (data.make_dataset).
+        steps: also time the pipeline's per-image steps on their own (`_step_datasets`), in
+            each run, to show where the time goes ("paper" and "inception" only).
     Returns:
         dict with images_per_sec (training pipeline, median), decode_images_per_sec (median),
-        ratio (median of the per-run ratios), *_per_core, runs (the per-run figures) and the setup.
+        ratio (median of the per-run ratios), *_per_core, runs (the per-run figures) and the setup;
+        with steps=True, "steps": [{name, images_per_cpu_sec, ratio}] (medians), the plain
+        decode first and the whole pipeline last.
     """
+    if steps and augmentation == "none":
+        raise UsageError("the step breakdown needs a random crop: use --augmentation=paper or inception")
     with tempfile.TemporaryDirectory() as scratch:
         if image_dir is None:
             image_dir = write_jpeg_folder(os.path.join(scratch, "jpegs"), num_images, width, height, seed=seed)
@@ -100,17 +126,27 @@ def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, im
                                      training=True, seed=seed, augmentation=augmentation, image_dtype=image_dtype)
         pipeline = pipeline.with_options(_threading(threads))
         decode = _plain_decode_dataset(image_dir, batch_size, threads)
+        step_datasets = _step_datasets(image_dir, image_size, batch_size, threads, augmentation, seed) if steps else {}
         results = []
         for _ in range(runs):
             decode_wall, decode_cpu = _rates(decode, batch_size, num_batches)
+            step_rates = {name: _rates(dataset, batch_size, num_batches)[1] for name, dataset in step_datasets.items()}
             pipeline_wall, pipeline_cpu = _rates(pipeline, batch_size, num_batches)
             results.append({
                 "images_per_sec": pipeline_wall, "decode_images_per_sec": decode_wall,
                 "images_per_cpu_sec": pipeline_cpu, "decode_images_per_cpu_sec": decode_cpu,
                 "ratio": pipeline_cpu / decode_cpu,
             })
+            if steps:
+                results[-1]["steps_images_per_cpu_sec"] = {
+                    "read + full decode (plain)": decode_cpu, **step_rates,
+                    "the whole pipeline (make_dataset)": pipeline_cpu}
         mean_bytes = float(np.mean([os.path.getsize(p) for p in data._folder_files(image_dir, "train")[0]]))
     median = statistics.median
+    step_rows = [{"name": name,
+                  "images_per_cpu_sec": median(r["steps_images_per_cpu_sec"][name] for r in results),
+                  "ratio": median(r["steps_images_per_cpu_sec"][name] / r["decode_images_per_cpu_sec"] for r in results)}
+                 for name in (results[0]["steps_images_per_cpu_sec"] if steps else ())]
     return {
         "mode": "input",
         "images_per_sec": median(r["images_per_sec"] for r in results),
@@ -127,6 +163,7 @@ def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, im
         "augmentation": augmentation,
         "image_dtype": image_dtype,
         "source_images": f"{width}x{height} JPEG, mean {mean_bytes / 1000:.0f} kB" if image_dir else "",
+        **({"steps": step_rows} if steps else {}),
     }
 
 

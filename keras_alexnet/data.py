@@ -582,11 +582,11 @@ def make_dataset(
         placeholder = (tf.zeros([image_size, image_size, 3], tf.uint8), tf.zeros([3], tf.float32))
     elif crops == 10:
         def view(image_bytes, example_seed):
-            return augment.ten_crop(augment.decode_image(image_bytes), image_size, mean_image)
+            return augment.ten_crop(augment.decode_for_view(image_bytes, image_size), image_size, mean_image)
         placeholder = tf.zeros([10, image_size, image_size, 3], tf.float32)
     else:
         def view(image_bytes, example_seed):
-            return augment.center_view(augment.decode_image(image_bytes), image_size, mean_image)
+            return augment.center_view(augment.decode_for_view(image_bytes, image_size), image_size, mean_image)
         placeholder = tf.zeros([image_size, image_size, 3], tf.float32)
 
     report = _report_in_graph if data_service else _report_in_python

@@ -88,7 +88,7 @@ class ServingModule(tf.Module):
                 [tf.strings.format("image_bytes[{}] is not a JPEG, PNG, GIF, BMP or WebP image", index)],
             )
             with tf.control_dependencies([check]):
-                image = augment.decode_image(tf.identity(encoded))
+                image = augment.decode_for_view(tf.identity(encoded), self.image_size)
             return augment.center_view(image, self.image_size, self._mean_image)
 
         indices = tf.range(tf.shape(image_bytes)[0])

@@ -21,6 +21,7 @@ Examples:
     python scripts/benchmark.py infer --runs=5 --json
     python scripts/benchmark.py train --per_layer --runs=3
     python scripts/benchmark.py input --threads=1 --runs=5
+    python scripts/benchmark.py input --steps --plot=input_steps.png   # where the time goes
     python scripts/benchmark.py train --noxla --runs=3   # training's default is XLA on
     TF_ENABLE_ONEDNN_OPTS=0 python scripts/benchmark.py train --inter_op_threads=1
 """
@@ -66,6 +67,9 @@ flags.DEFINE_enum("augmentation", "paper", ["paper", "inception", "none"], "inpu
 flags.DEFINE_enum("image_dtype", "uint8", ["uint8", "float32"],
                   "input: uint8: the batches the Trainer gets (crops; cast, mean and lighting run on the device); "
                   "float32: the model's input made on the host.")
+flags.DEFINE_bool("steps", False, "input: also time the per-image steps on their own (fused decode-and-crop; "
+                  "+ flip and resize), each against the plain decode, to show where the time goes.")
+flags.DEFINE_string("plot", None, "input --steps: also draw the steps as a PNG bar chart at this path.")
 flags.DEFINE_bool("json", False, "Print one JSON object per run instead of a summary.")
 
 
@@ -84,6 +88,12 @@ def main(argv):
             cli.fail(f"--{name}={FLAGS[name].value} must be at least 1.")
     if FLAGS.per_layer and mode == "input":
         cli.fail("--per_layer is for train and infer.")
+    if (FLAGS.steps or FLAGS.plot) and mode != "input":
+        cli.fail("--steps and --plot are for the input mode.")
+    if FLAGS.plot and not FLAGS.steps:
+        cli.fail("--plot draws the step breakdown: add --steps.")
+    if FLAGS.steps and FLAGS.augmentation == "none":
+        cli.fail("--steps needs a random crop: use --augmentation=paper or inception.")
     batch_size = FLAGS.batch_size or BATCH_SIZE[mode]
     num_batches = FLAGS.num_batches or NUM_BATCHES[mode]
 
@@ -115,8 +125,17 @@ def main(argv):
         image_dir=FLAGS.image_dir, num_images=FLAGS.num_images, width=FLAGS.width, height=FLAGS.height,
         image_size=FLAGS.image_size, batch_size=batch_size, num_batches=num_batches,
         runs=FLAGS.runs, threads=FLAGS.threads, augmentation=FLAGS.augmentation, image_dtype=FLAGS.image_dtype,
+        steps=FLAGS.steps,
     )
-    return print_input_result(result)
+    print_input_result(result)
+    if FLAGS.plot:
+        from keras_alexnet import figures
+
+        title = (f"input pipeline, {result['augmentation']}, S={result['image_size']}, {result['threads']} thread(s), "
+                 f"{result['source_images']}; medians of {len(result['runs'])} runs")
+        path = figures.plot_input_steps(result["steps"], FLAGS.plot, title)
+        print(f"wrote {path}", file=sys.stderr if FLAGS.json else sys.stdout)
+    return 0
 
 
 def _setup(result):
@@ -188,6 +207,10 @@ def print_input_result(result):
           f"{result['decode_images_per_sec_per_core']:8.1f} images per CPU-second")
     ratios = ", ".join(f"{r['ratio']:.2f}" for r in result["runs"])
     print(f"  pipeline / decode per CPU-second: {result['ratio']:.2f} (median; per run: {ratios})")
+    if "steps" in result:
+        print("  step by step (each includes the ones above; median images per CPU-second, x plain decode):")
+        for row in result["steps"]:
+            print(f"    {row['name']:<44} {row['images_per_cpu_sec']:8.1f}  {row['ratio']:.2f}x")
     return 0
 
 

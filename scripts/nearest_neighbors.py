@@ -47,7 +47,7 @@ def load_queries(paths, image_size):
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"--queries: {path} does not exist.")
         try:
-            image = augment.decode_image(tf.io.read_file(path))
+            image = augment.decode_for_view(tf.io.read_file(path), image_size)
         except (tf.errors.InvalidArgumentError, ValueError) as error:
             reason = str(error).split("}}")[-1].split("[Op:")[0].strip()  # TensorFlow's message without its op prefix
             raise UsageError(f"--queries: {path} is not a JPEG, PNG, GIF or BMP image ({reason}).") from None

@@ -1,6 +1,7 @@
 """Tests for keras_alexnet.augment: each transform eagerly and inside tf.data, and the two agree."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -117,6 +118,80 @@ def test_decode_crop_matches_full_decode_for_png_and_jpeg():
         full = augment.decode_image(data).numpy()[10:74, 20:84]
         assert crop.shape == (64, 64, 3)
         assert np.abs(crop.astype(int) - full.astype(int)).mean() < 2.0
+
+
+@pytest.mark.parametrize("side,min_side,scale", [(100, 76, 1), (151, 76, 1), (152, 76, 2), (304, 76, 4),
+                                                  (607, 76, 4), (608, 76, 8), (5000, 76, 8), (375, 256, 1)])
+def test_jpeg_scale_is_the_largest_that_keeps_min_side(side, min_side, scale):
+    assert int(augment.jpeg_scale(side, min_side)) == scale
+
+
+def _photo(scale=1):
+    """matplotlib's sample photograph (grace_hopper.jpg, 512x600, installed with matplotlib),
+    enlarged `scale` times (Lanczos): uint8 [H, W, 3]."""
+    import matplotlib
+
+    path = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg")
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        return np.asarray(image.resize((image.width * scale, image.height * scale), Image.LANCZOS))
+
+
+def _lanczos_center_view(array, image_size):
+    """center_view made with PIL's Lanczos resize: the high-quality reference."""
+    side = augment.scaled_size(image_size)
+    height, width = array.shape[:2]
+    size = (round(width * side / height), side) if height <= width else (side, round(height * side / width))
+    resized = np.asarray(Image.fromarray(array).resize(size, Image.LANCZOS), np.float32)
+    top, left = (size[1] - image_size) // 2, (size[0] - image_size) // 2
+    return resized[top:top + image_size, left:left + image_size] - MEAN
+
+
+@pytest.mark.parametrize("scale,image_size,shape", [(1, 227, (300, 256)), (1, 67, (150, 128)),
+                                                    (4, 227, (300, 256)), (4, 67, (300, 256))])
+def test_large_jpegs_are_decoded_at_reduced_scale_for_the_views(scale, image_size, shape):
+    # A 600x512 photo at S=227: decoded at 1/2 (shorter side 256 = scaled_size(227)); at 4x that
+    # size, at 1/8. The centre view is no further from a Lanczos-made one than the view made from
+    # the full-size decode (measured: 2.00 vs 2.16, 3.74 vs 4.28, 1.58 vs 2.51, 4.08 vs 4.20).
+    array = _photo(scale)
+    data = _encode(array, "JPEG", quality=90)
+    image = augment.decode_for_view(data, image_size).numpy()
+    assert image.shape == shape + (3,)
+    np.testing.assert_array_equal(_in_dataset(lambda d: augment.decode_for_view(d, image_size), data), image)
+    reference = _lanczos_center_view(array, image_size)
+    scaled_error = np.abs(augment.center_view(image, image_size).numpy() - reference).mean()
+    full_error = np.abs(augment.center_view(augment.decode_image(data), image_size).numpy() - reference).mean()
+    assert scaled_error <= full_error + 0.05
+
+
+def test_decode_for_view_decodes_small_jpegs_and_other_formats_whole():
+    array = _smooth_image(150, 480)  # shorter side 150 < 2 x scaled_size(67) = 152
+    for fmt in ("JPEG", "PNG"):
+        assert augment.decode_for_view(_encode(array, fmt), 67).shape == (150, 480, 3)
+    np.testing.assert_array_equal(augment.decode_for_view(_encode(array, "JPEG"), 67),
+                                  augment.decode_image(_encode(array, "JPEG")))
+
+
+def test_train_crop_decodes_large_windows_at_reduced_scale():
+    # The paper's window at S=67 in the 600x512 photo is 451 pixels: decoded at 1/4, ~113 >= 67.
+    photo = _photo()
+    data = _encode(photo, "JPEG", quality=90)
+    seed = tf.constant([3, 8], tf.int64)
+    seeds = tf.random.experimental.stateless_split(seed, num=3)
+    window_fn = augment.crop_window_fn("paper", 67, seeds[0])
+    top, left, height, width = window_fn(tf.constant(photo.shape[:2])).numpy()
+    crop = augment.decode_random_crop(data, window_fn, min_side=67).numpy().astype(np.float32)
+    # Each edge of the window moves to the nearest multiple of 4 original pixels (halves up).
+    edges = [int(np.floor(x / 4 + 0.5)) * 4 for x in (top, left, top + height, left + width)]
+    assert max(abs(e - x) for e, x in zip(edges, (top, left, top + height, left + width))) <= 2
+    assert crop.shape == ((edges[2] - edges[0]) // 4, (edges[3] - edges[1]) // 4, 3) and min(crop.shape[:2]) >= 67
+    # Each pixel is (close to) the mean of its 4x4 original pixels.
+    full = augment.decode_image(data).numpy().astype(np.float32)[edges[0]:edges[2], edges[1]:edges[3]]
+    box_means = full.reshape(crop.shape[0], 4, crop.shape[1], 4, 3).mean(axis=(1, 3))
+    assert np.abs(crop - box_means).mean() < 2.0
+    view = augment.train_crop(data, 67, seed, "paper").numpy()
+    assert view.shape == (67, 67, 3)
+    np.testing.assert_array_equal(_in_dataset(lambda d, s: augment.train_crop(d, 67, s, "paper"), data, seed), view)
 
 
 def test_resize_shorter_side_antialiases_large_reductions():

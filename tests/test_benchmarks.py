@@ -37,6 +37,26 @@ def test_input_benchmark_returns_rates_and_ratios():
     assert set(benchmarks.MODES) == {"input", "train", "infer"}
 
 
+def test_input_benchmark_steps_are_rated_against_the_plain_decode_of_the_same_run():
+    result = benchmarks.input_benchmark(num_images=8, width=96, height=72, image_size=67, batch_size=4,
+                                        num_batches=2, runs=2, steps=True)
+    names = [row["name"] for row in result["steps"]]
+    assert names[0].startswith("read + full decode") and names[-1].startswith("the whole pipeline") and len(names) == 4
+    assert result["steps"][0]["ratio"] == 1.0
+    assert result["steps"][-1]["ratio"] == result["ratio"]
+    assert result["steps"][-1]["images_per_cpu_sec"] == result["images_per_sec_per_core"]
+    assert all(row["images_per_cpu_sec"] > 0 and row["ratio"] > 0 for row in result["steps"])
+
+
+def test_script_steps_prints_them_and_draws_the_png(tmp_path):
+    path = tmp_path / "steps.png"
+    result = _script("input", "--steps", f"--plot={path}", *TINY)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "step by step" in result.stdout and "fused decode-and-crop" in result.stdout
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 300
+
+
 def _script(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), *args],
@@ -133,6 +153,9 @@ def test_script_infer_json_prints_one_object_per_run_and_engine():
     (["train", "--no_such_flag"], None),
     (["nonsense"], "error: unknown mode 'nonsense'; expected input, train or infer"),
     (["input", "--per_layer"], "error: --per_layer is for train and infer."),
+    (["train", "--steps"], "error: --steps and --plot are for the input mode."),
+    (["input", "--plot=steps.png"], "error: --plot draws the step breakdown: add --steps."),
+    (["input", "--steps", "--augmentation=none"], "error: --steps needs a random crop: use --augmentation=paper or inception."),
 ])
 def test_script_bad_input_is_one_line_and_exit_2(args, message):
     result = _script(*args)
