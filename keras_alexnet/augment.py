@@ -68,15 +68,16 @@ def decode_image(image_bytes, min_side=None):
 
     `min_side`: the caller only needs the shorter side down to this many pixels. A JPEG whose
     shorter side is at least twice that is then decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
-    scaled inverse DCT, `jpeg_scale`), the smallest scale that keeps the shorter side >= min_side.
+    scaled inverse DCT, `jpeg_scale_index`), the smallest scale that keeps the shorter side >= min_side.
     """
     if min_side is not None:
         def jpeg():
             shape = tf.image.extract_jpeg_shape(image_bytes)
-            scale = jpeg_scale(tf.minimum(shape[0], shape[1]), min_side)
+            scale_index = jpeg_scale_index(tf.minimum(shape[0], shape[1]), min_side)
             # libjpeg rounds the scaled sides up; the last row and column then stand for less than
-            # `scale` pixels. Dropping them keeps the image's geometry exact to 1/scale.
-            return _scaled_jpeg_decode(image_bytes, scale, tf.stack([0, 0, shape[0] // scale, shape[1] // scale]))
+            # `ratio` pixels. Dropping them keeps the image's geometry exact to 1/ratio.
+            return _scaled_jpeg_decode(image_bytes, scale_index, lambda ratio: None if ratio == 1 else
+                                       tf.stack([0, 0, shape[0] // ratio, shape[1] // ratio]))
 
         def other():
             return decode_image(image_bytes)
@@ -92,28 +93,31 @@ def decode_image(image_bytes, min_side=None):
 JPEG_SCALES = (1, 2, 4, 8)
 
 
-def jpeg_scale(side, min_side):
-    """The largest of JPEG_SCALES s with side // s >= min_side (1 if none): int32 scalar.
+def jpeg_scale_index(side, min_side):
+    """Index in JPEG_SCALES of the largest scale s with side // s >= min_side (0, scale 1, if
+    none): int32 scalar.
 
     A JPEG decoded at 1/s has each side rounded up from side / s; side // s is the conservative
     bound. Decoding at 1/s is an 8x8-block low-pass and subsample, so it replaces the first part
     of a reduction the caller makes anyway, at a fraction of the cost of a full decode and resize.
     """
-    side = tf.cast(side, tf.int32)
-    scale = tf.constant(1, tf.int32)
-    for candidate in JPEG_SCALES[1:]:
-        scale = tf.where(side // candidate >= min_side, candidate, scale)
-    return scale
+    scaled_sides = tf.cast(side, tf.int32) // tf.constant(JPEG_SCALES[1:])
+    return tf.reduce_sum(tf.cast(scaled_sides >= min_side, tf.int32))
 
 
-def _scaled_jpeg_decode(image_bytes, scale, window):
-    """decode_and_crop_jpeg at 1/scale (scale: an int32 tensor, one of JPEG_SCALES); `window`
-    [top, left, height, width] in the scaled image's pixels."""
+def _scaled_jpeg_decode(image_bytes, scale_index, window_at):
+    """Decode a JPEG at 1/JPEG_SCALES[scale_index] (an int32 tensor): the window
+    `window_at(ratio)` ([top, left, height, width] in the pixels of the image at 1/ratio) with
+    decode_and_crop_jpeg, or the whole image where it gives None."""
     def at(ratio):
-        return lambda: tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3, ratio=ratio)
+        def decode():
+            window = window_at(ratio)
+            if window is None:
+                return tf.io.decode_jpeg(image_bytes, channels=3, ratio=ratio)
+            return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3, ratio=ratio)
+        return decode
 
-    index = tf.reduce_sum(tf.cast(tf.constant(JPEG_SCALES) < scale, tf.int32))  # 1, 2, 4, 8 -> 0, 1, 2, 3
-    return tf.switch_case(index, [at(ratio) for ratio in JPEG_SCALES])
+    return tf.switch_case(scale_index, [at(ratio) for ratio in JPEG_SCALES])
 
 
 def _resize(image, height, width):
@@ -253,7 +257,7 @@ def decode_random_crop(image_bytes, window_fn, min_side=None):
     row). Other formats are decoded whole and cropped.
 
     `min_side`: the caller resizes the crop down to this size. A JPEG window whose shorter side is
-    at least twice that is decoded at 1/2, 1/4 or 1/8 scale (`jpeg_scale`), so the crop comes
+    at least twice that is decoded at 1/2, 1/4 or 1/8 scale (`jpeg_scale_index`), so the crop comes
     back smaller, but never below min_side.
     """
 
@@ -261,12 +265,16 @@ def decode_random_crop(image_bytes, window_fn, min_side=None):
         window = window_fn(tf.image.extract_jpeg_shape(image_bytes)[:2])
         if min_side is None:
             return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
-        # The same window at 1/scale, each edge rounded to the nearest scaled pixel (at most
-        # scale/2 original pixels off; the sides stay >= min_side and inside the scaled image).
-        scale = jpeg_scale(tf.minimum(window[2], window[3]), min_side)
-        start = (2 * window[:2] + scale) // (2 * scale)
-        end = (2 * (window[:2] + window[2:]) + scale) // (2 * scale)
-        return _scaled_jpeg_decode(image_bytes, scale, tf.concat([start, end - start], 0))
+        scale_index = jpeg_scale_index(tf.minimum(window[2], window[3]), min_side)
+
+        def scaled_window(ratio):
+            # The window at 1/ratio, each edge rounded to the nearest scaled pixel (at most ratio/2
+            # original pixels off; the sides stay >= min_side and inside the scaled image).
+            start = (2 * window[:2] + ratio) // (2 * ratio)
+            end = (2 * (window[:2] + window[2:]) + ratio) // (2 * ratio)
+            return tf.concat([start, end - start], 0)
+
+        return _scaled_jpeg_decode(image_bytes, scale_index, scaled_window)
 
     def other():
         image = decode_image(image_bytes)

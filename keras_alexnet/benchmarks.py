@@ -48,6 +48,19 @@ def write_jpeg_folder(root, num_images=200, width=500, height=375, num_classes=2
     return root
 
 
+def _describe_images(paths):
+    """'500x375 JPEG, mean 79 kB' (or the range of sizes) for the files the benchmark read."""
+    sizes, formats = set(), set()
+    for path in paths:
+        with Image.open(path) as image:  # reads the header only
+            sizes.add(image.size)
+            formats.add(image.format)
+    (small_w, small_h), (large_w, large_h) = min(sizes, key=lambda s: s[0] * s[1]), max(sizes, key=lambda s: s[0] * s[1])
+    size = f"{small_w}x{small_h}" if len(sizes) == 1 else f"{small_w}x{small_h} to {large_w}x{large_h}"
+    mean_bytes = float(np.mean([os.path.getsize(path) for path in paths]))
+    return f"{size} {'/'.join(sorted(formats))}, mean {mean_bytes / 1000:.0f} kB"
+
+
 def _threading(threads):
     options = tf.data.Options()
     options.threading.private_threadpool_size = threads
@@ -141,7 +154,7 @@ def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, im
                 results[-1]["steps_images_per_cpu_sec"] = {
                     "read + full decode (plain)": decode_cpu, **step_rates,
                     "the whole pipeline (make_dataset)": pipeline_cpu}
-        mean_bytes = float(np.mean([os.path.getsize(p) for p in data._folder_files(image_dir, "train")[0]]))
+        source_images = _describe_images(data._folder_files(image_dir, "train")[0])
     median = statistics.median
     step_rows = [{"name": name,
                   "images_per_cpu_sec": median(r["steps_images_per_cpu_sec"][name] for r in results),
@@ -162,7 +175,7 @@ def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, im
         "images_per_run": batch_size * num_batches,
         "augmentation": augmentation,
         "image_dtype": image_dtype,
-        "source_images": f"{width}x{height} JPEG, mean {mean_bytes / 1000:.0f} kB" if image_dir else "",
+        "source_images": source_images,
         **({"steps": step_rows} if steps else {}),
     }
 

@@ -131,8 +131,8 @@ def main(argv):
     if FLAGS.plot:
         from keras_alexnet import figures
 
-        title = (f"input pipeline, {result['augmentation']}, S={result['image_size']}, {result['threads']} thread(s), "
-                 f"{result['source_images']}; medians of {len(result['runs'])} runs")
+        title = (f"input pipeline step by step: {result['augmentation']} augmentation, S={result['image_size']}, "
+                 f"{result['threads']} thread(s)\n{result['source_images']}; medians of {len(result['runs'])} runs")
         path = figures.plot_input_steps(result["steps"], FLAGS.plot, title)
         print(f"wrote {path}", file=sys.stderr if FLAGS.json else sys.stdout)
     return 0

@@ -123,7 +123,7 @@ def test_decode_crop_matches_full_decode_for_png_and_jpeg():
 @pytest.mark.parametrize("side,min_side,scale", [(100, 76, 1), (151, 76, 1), (152, 76, 2), (304, 76, 4),
                                                   (607, 76, 4), (608, 76, 8), (5000, 76, 8), (375, 256, 1)])
 def test_jpeg_scale_is_the_largest_that_keeps_min_side(side, min_side, scale):
-    assert int(augment.jpeg_scale(side, min_side)) == scale
+    assert augment.JPEG_SCALES[int(augment.jpeg_scale_index(side, min_side))] == scale
 
 
 def _photo(scale=1):
