@@ -15,6 +15,7 @@ Conventions (the project's contract):
 Training views (`train_view(..., augmentation=...)`):
     "paper":     random S x S crop of the 256-scaled centre square, decoded with a fused
                  decode-and-crop for JPEG, horizontal flip, PCA lighting (std 0.1), mean subtraction.
+                 (A JPEG window at least 2, 4 or 8 times S is decoded at that reduced scale.)
     "inception": random-resized-crop (area 8%-100%, aspect 3/4-4/3) with the fused decode, flip,
                  mean subtraction (the modern recipe; no lighting).
     "none":      the centre view (deterministic; for debugging and ablations).
@@ -27,7 +28,8 @@ the two parts in one call. The resized crop is rounded to uint8 (at most 0.5 of 
 quarters the bytes every later step reads and copies.
 
 Evaluation views: `center_view` (one S x S centre crop) and `ten_crop` (§4.1: the four corner
-crops and the centre crop of the 256-scaled centre square, and their horizontal mirrors).
+crops and the centre crop of the 256-scaled centre square, and their horizontal mirrors), of
+`decode_for_view` (large JPEGs decoded at reduced scale, the shorter side kept >= 256).
 """
 
 import tensorflow as tf

@@ -8,9 +8,10 @@
 
 Signatures (see docs/serving.md):
     serving_default  image_bytes: string [N], encoded JPEG/PNG/GIF/BMP images of any size.
-                     Each image is preprocessed in the graph with `augment.center_view`, the same
-                     function evaluation's centre view calls (§4.1, §6): shorter side to
-                     round(256*S/227), central S x S crop, ImageNet mean subtracted.
+                     Each image is preprocessed in the graph with `augment.decode_for_view` and
+                     `center_view`, the functions evaluation's centre view calls (§4.1, §6):
+                     shorter side to round(256*S/227) (large JPEGs decoded at reduced scale),
+                     central S x S crop, ImageNet mean subtracted.
     predict_images   images: float32 [N, S, S, 3], already preprocessed (the model's input).
 Both return probabilities float32 [N, classes], top_k_indices int32 [N, k], top_k_scores float32
 [N, k] and top_k_labels string [N, k] (the class names are constants in the graph); k = min(5,
