@@ -70,7 +70,8 @@ def decode_image(image_bytes, min_side=None):
 
     `min_side`: the caller only needs the shorter side down to this many pixels. A JPEG whose
     shorter side is at least twice that is then decoded at 1/2, 1/4 or 1/8 scale (libjpeg's
-    scaled inverse DCT, `jpeg_scale_index`), the smallest scale that keeps the shorter side >= min_side.
+    scaled inverse DCT, `jpeg_scale_index`): the most reduced one that keeps the shorter side
+    >= min_side.
     """
     if min_side is not None:
         def jpeg():

@@ -55,8 +55,9 @@ def _describe_images(paths):
         with Image.open(path) as image:  # reads the header only
             sizes.add(image.size)
             formats.add(image.format)
-    (small_w, small_h), (large_w, large_h) = min(sizes, key=lambda s: s[0] * s[1]), max(sizes, key=lambda s: s[0] * s[1])
-    size = f"{small_w}x{small_h}" if len(sizes) == 1 else f"{small_w}x{small_h} to {large_w}x{large_h}"
+    by_area = sorted(sizes, key=lambda size: size[0] * size[1])
+    smallest, largest = (f"{width}x{height}" for width, height in (by_area[0], by_area[-1]))
+    size = smallest if smallest == largest else f"{smallest} to {largest}"
     mean_bytes = float(np.mean([os.path.getsize(path) for path in paths]))
     return f"{size} {'/'.join(sorted(formats))}, mean {mean_bytes / 1000:.0f} kB"
 
@@ -156,10 +157,11 @@ def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, im
                     "the whole pipeline (make_dataset)": pipeline_cpu}
         source_images = _describe_images(data._folder_files(image_dir, "train")[0])
     median = statistics.median
-    step_rows = [{"name": name,
-                  "images_per_cpu_sec": median(r["steps_images_per_cpu_sec"][name] for r in results),
-                  "ratio": median(r["steps_images_per_cpu_sec"][name] / r["decode_images_per_cpu_sec"] for r in results)}
-                 for name in (results[0]["steps_images_per_cpu_sec"] if steps else ())]
+    step_rows = []
+    for name in results[0]["steps_images_per_cpu_sec"] if steps else ():
+        rates = [r["steps_images_per_cpu_sec"][name] for r in results]
+        step_rows.append({"name": name, "images_per_cpu_sec": median(rates),
+                          "ratio": median(rate / r["decode_images_per_cpu_sec"] for rate, r in zip(rates, results))})
     return {
         "mode": "input",
         "images_per_sec": median(r["images_per_sec"] for r in results),

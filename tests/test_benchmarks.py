@@ -34,6 +34,7 @@ def test_input_benchmark_returns_rates_and_ratios():
         assert result[key] > 0
     for run in result["runs"]:
         assert abs(run["ratio"] - run["images_per_cpu_sec"] / run["decode_images_per_cpu_sec"]) < 1e-9
+    assert result["source_images"].startswith("96x72 JPEG, mean ")
     assert set(benchmarks.MODES) == {"input", "train", "infer"}
 
 
