@@ -19,8 +19,8 @@ Dataset strings (`spec`):
 
 The pipeline (make_dataset), per input pipeline (tf.distribute.InputContext):
     records (this pipeline's share of the files, or of the records) -> shuffle -> repeat
-    (training) -> per-example seed -> decode + augment in parallel, skipping undecodable images
-    -> batch (per-replica batch size) -> [training: the batch's float work, augment.finish_views,
+    (training) -> per-example seed -> decode + augment in parallel, in groups that skip
+    undecodable images -> rebatch (per-replica batch size) -> [training: the batch's float work, augment.finish_views,
     unless image_dtype="uint8" leaves it to the accelerator] -> [tf.data service] -> prefetch.
 
 Bad input never stops a run and never passes silently: an example that cannot be read or decoded
@@ -446,7 +446,7 @@ GROUP_SIZE = 8
 
 
 def skip_bad_examples(records, load, view, placeholder, num_classes, report=_report_in_python, keep_order=None):
-    """Map (payload, label, name, seed) -> (view, label), skipping examples that fail.
+    """Map (payload, label, name, seed) -> groups of (views, labels), skipping examples that fail.
 
     `placeholder`: tensors with the structure, shapes and dtypes of a view.
 
@@ -454,8 +454,9 @@ def skip_bad_examples(records, load, view, placeholder, num_classes, report=_rep
     small dataset, `map(view)` then `ignore_errors()`, which drops the examples that fail, then
     one placeholder (so a group in which every example failed still yields), all batched into
     one element. The group's examples that are missing from it are reported by name (`report`),
-    the placeholder dropped, and the views unbatched. A parallel interleave runs the groups in
-    parallel. `keep_order=True` keeps the records' order whatever the dataset options say;
+    the placeholder dropped. A parallel interleave runs the groups in parallel. Each element is
+    a group: views and labels batched, at most GROUP_SIZE of them (none if all failed); `rebatch`
+    them (one copy per view, where unbatch + batch makes two). `keep_order=True` keeps the records' order whatever the dataset options say;
     None leaves it to `tf.data.Options.deterministic`.
     """
     def run(payload, label, name, seed, index):
@@ -482,7 +483,7 @@ def skip_bad_examples(records, load, view, placeholder, num_classes, report=_rep
 
     groups = records.batch(GROUP_SIZE).interleave(attempt, cycle_length=tf.data.AUTOTUNE, block_length=1,
                                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=keep_order)
-    return groups.map(report_and_trim).unbatch()
+    return groups.map(report_and_trim)
 
 
 def make_dataset(
@@ -593,8 +594,7 @@ def make_dataset(
     # Evaluation keeps the file order (results line up with the files); training need not.
     dataset = skip_bad_examples(records, load, view, placeholder, num_classes, report,
                                 keep_order=None if training else True)
-    dataset = dataset.batch(batch_size, drop_remainder=training, num_parallel_calls=tf.data.AUTOTUNE,
-                            deterministic=None if training else True)
+    dataset = dataset.rebatch(batch_size, drop_remainder=training)
     if training and image_dtype == "float32":
         dataset = dataset.map(lambda views, labels: (augment.finish_views(*views, mean_image), labels),
                               num_parallel_calls=tf.data.AUTOTUNE)
