@@ -188,10 +188,14 @@ def center_view(image, image_size, mean_image=None):
     uint8 image of any size -> shorter side resized to scaled_size(S) (256 for 227) -> central
     S x S crop -> mean subtracted.
     """
-    resized = resize_shorter_side(image, scaled_size(image_size))
-    view = _central_square(resized, image_size)
+    return subtract_mean(_center_crop(image, image_size), mean_image)
+
+
+def _center_crop(image, image_size):
+    # center_view before the mean: shorter side to scaled_size(S), central S x S, float32.
+    view = _central_square(resize_shorter_side(image, scaled_size(image_size)), image_size)
     view.set_shape([image_size, image_size, 3])
-    return subtract_mean(view, mean_image)
+    return view
 
 
 def ten_crop(image, image_size, mean_image=None):
@@ -329,9 +333,7 @@ def train_crop(image_bytes, image_size, seed, augmentation="paper"):
     resized to S x S (bilinear); "none": the centre view. `seed`: int tensor [2].
     """
     if augmentation == "none":
-        side = scaled_size(image_size)
-        image = _round_to_uint8(_central_square(resize_shorter_side(decode_for_view(image_bytes, image_size), side),
-                                                image_size))
+        image = _round_to_uint8(_center_crop(decode_for_view(image_bytes, image_size), image_size))
     elif augmentation in ("paper", "inception"):
         seeds = _view_seeds(seed)
         # Flipping the uint8 crop before the (left-right symmetric) resize copies a quarter of the

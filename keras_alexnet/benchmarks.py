@@ -82,10 +82,9 @@ def _rates(dataset, batch_size, num_batches, warmup_batches=3):
     return images / (time.perf_counter() - wall), images / (time.process_time() - cpu)
 
 
-def _plain_decode_dataset(root, batch_size, threads):
+def _plain_decode_dataset(paths, batch_size, threads):
     """Read and fully decode every file, nothing else: the reference rate."""
-    paths, _ = data._folder_files(root, "train")
-    dataset = tf.data.Dataset.from_tensor_slices(list(paths)).repeat()
+    dataset = tf.data.Dataset.from_tensor_slices(paths).repeat()
     dataset = dataset.map(lambda path: tf.io.decode_jpeg(tf.io.read_file(path), channels=3),
                           num_parallel_calls=tf.data.AUTOTUNE)
     # Images differ in size only if the folder does; count them, do not stack them.
@@ -93,11 +92,10 @@ def _plain_decode_dataset(root, batch_size, threads):
     return dataset.with_options(_threading(threads)).prefetch(2)
 
 
-def _step_datasets(root, image_size, batch_size, threads, augmentation, seed):
+def _step_datasets(paths, image_size, batch_size, threads, augmentation, seed):
     """The training pipeline's per-image work one step at a time, on the same files: the fused
     decode-and-crop of the random window alone, then `augment.train_crop` (+ flip, resize to S)."""
-    paths, _ = data._folder_files(root, "train")
-    examples = tf.data.Dataset.from_tensor_slices(list(paths)).repeat().enumerate().map(
+    examples = tf.data.Dataset.from_tensor_slices(paths).repeat().enumerate().map(
         lambda index, path: (tf.io.read_file(path), tf.stack([tf.constant(seed, tf.int64), index])))
 
     def crop(image_bytes, example_seed):
@@ -139,8 +137,9 @@ def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, im
         pipeline = data.make_dataset(f"folder:{image_dir}", "train", image_size=image_size, batch_size=batch_size,
                                      training=True, seed=seed, augmentation=augmentation, image_dtype=image_dtype)
         pipeline = pipeline.with_options(_threading(threads))
-        decode = _plain_decode_dataset(image_dir, batch_size, threads)
-        step_datasets = _step_datasets(image_dir, image_size, batch_size, threads, augmentation, seed) if steps else {}
+        paths = list(data._folder_files(image_dir, "train")[0])
+        decode = _plain_decode_dataset(paths, batch_size, threads)
+        step_datasets = _step_datasets(paths, image_size, batch_size, threads, augmentation, seed) if steps else {}
         results = []
         for _ in range(runs):
             decode_wall, decode_cpu = _rates(decode, batch_size, num_batches)
@@ -155,7 +154,7 @@ def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, im
                 results[-1]["steps_images_per_cpu_sec"] = {
                     "read + full decode (plain)": decode_cpu, **step_rates,
                     "the whole pipeline (make_dataset)": pipeline_cpu}
-        source_images = _describe_images(data._folder_files(image_dir, "train")[0])
+        source_images = _describe_images(paths)
     median = statistics.median
     step_rows = []
     for name in results[0]["steps_images_per_cpu_sec"] if steps else ():

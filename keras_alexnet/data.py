@@ -20,8 +20,9 @@ Dataset strings (`spec`):
 The pipeline (make_dataset), per input pipeline (tf.distribute.InputContext):
     records (this pipeline's share of the files, or of the records) -> shuffle -> repeat
     (training) -> per-example seed -> decode + augment in parallel, in groups that skip
-    undecodable images -> rebatch (per-replica batch size) -> [training: the batch's float work, augment.finish_views,
-    unless image_dtype="uint8" leaves it to the accelerator] -> [tf.data service] -> prefetch.
+    undecodable images -> rebatch (per-replica batch size) -> [training: the batch's float work,
+    augment.finish_views, unless image_dtype="uint8" leaves it to the accelerator] -> [tf.data
+    service] -> prefetch.
 
 Bad input never stops a run and never passes silently: an example that cannot be read or decoded
 (truncated or empty file, not an image, bad label) is skipped, counted in `BAD_IMAGES`, and the
@@ -456,8 +457,9 @@ def skip_bad_examples(records, load, view, placeholder, num_classes, report=_rep
     one element. The group's examples that are missing from it are reported by name (`report`),
     the placeholder dropped. A parallel interleave runs the groups in parallel. Each element is
     a group: views and labels batched, at most GROUP_SIZE of them (none if all failed); `rebatch`
-    them (one copy per view, where unbatch + batch makes two). `keep_order=True` keeps the records' order whatever the dataset options say;
-    None leaves it to `tf.data.Options.deterministic`.
+    them (one copy per view, where unbatch + batch makes two). `keep_order=True` keeps the
+    records' order whatever the dataset options say; None leaves it to
+    `tf.data.Options.deterministic`.
     """
     def run(payload, label, name, seed, index):
         image_bytes, label = load(payload, label)

@@ -358,10 +358,10 @@ def plot_input_steps(steps, path, title=None):
     (`benchmarks.input_benchmark(steps=True)["steps"]`), with the 1.0 line. Returns path."""
     figure = _figure(width=8, height=0.5 * len(steps) + 1.2)
     axis = figure.subplots()
-    names = [row["name"] for row in steps][::-1]
-    ratios = [row["ratio"] for row in steps][::-1]
-    bars = axis.barh(names, ratios, color="tab:blue")
-    for bar, row in zip(bars, steps[::-1]):
+    rows = steps[::-1]  # barh draws bottom-up: the first step on top
+    ratios = [row["ratio"] for row in rows]
+    bars = axis.barh([row["name"] for row in rows], ratios, color="tab:blue")
+    for bar, row in zip(bars, rows):
         axis.text(bar.get_width(), bar.get_y() + bar.get_height() / 2,
                   f" {row['ratio']:.2f}x ({row['images_per_cpu_sec']:.0f}/s)", va="center", fontsize=8)
     axis.axvline(1.0, color="black", linestyle="--", linewidth=1)  # the issue's target: >= 1.0x
