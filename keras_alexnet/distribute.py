@@ -92,6 +92,13 @@ def worker_id(strategy):
     return f"{resolver.task_type}{resolver.task_id}"
 
 
+def strategy_name(strategy):
+    """The strategy's class name for people: "default strategy" for TensorFlow's private
+    _DefaultDistributionStrategy (no tf.distribute strategy asked for)."""
+    name = type(strategy).__name__
+    return "default strategy" if name.startswith("_Default") else name
+
+
 def device_kind():
     """'tpu', 'gpu' or 'cpu': what the default precision and XLA choices depend on."""
     if tf.config.list_logical_devices("TPU"):

@@ -13,6 +13,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 
@@ -33,7 +34,12 @@ class TrainingDiverged(RuntimeError):
 
 
 class Preempted(RuntimeError):
-    """SIGTERM arrived; a checkpoint was saved and the same command resumes from it."""
+    """SIGTERM or Ctrl-C (SIGINT) arrived; a checkpoint was saved and the same command resumes
+    from it. `exit_code` is the shell's for that signal: 143 for SIGTERM, 130 for SIGINT."""
+
+    def __init__(self, message, exit_code):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +79,7 @@ class TrainConfig:
     deterministic: bool = False
     checkpoint_steps: int = 500
     keep_checkpoints: int = 3
+    log_steps: int = 100
 
     def to_json(self):
         return dataclasses.asdict(self)
@@ -89,7 +96,7 @@ def check_config(config):
     smallest = min_input_size(config.variant)
     if config.image_size < smallest:
         raise UsageError(f"--image_size={config.image_size} is below the minimum for --variant={config.variant}: use at least {smallest}.")
-    for name in ("batch_size", "epochs", "steps_per_loop", "checkpoint_steps", "keep_checkpoints"):
+    for name in ("batch_size", "epochs", "steps_per_loop", "checkpoint_steps", "keep_checkpoints", "log_steps"):
         if getattr(config, name) < 1:
             raise UsageError(f"--{name}={getattr(config, name)} must be at least 1.")
     if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
@@ -272,7 +279,11 @@ def train(config, strategy=None, stream=None):
     Returns a dict with the final held-out metrics (val_top1, val_top5, val_loss, val_examples),
     the step reached, the export path (chief only) and the trained Keras model ("model").
     Raises UsageError for bad input (before any work), TrainingDiverged on a NaN loss and
-    Preempted after SIGTERM (both after keeping the last good checkpoint).
+    Preempted after SIGTERM or Ctrl-C (both after keeping the last good checkpoint).
+
+    TensorBoard (model_dir/logs): train/ loss, top1, top5, learning_rate and images_per_sec,
+    each the mean over the steps since the previous point, every `log_steps` steps and at each
+    epoch end; val/ loss, top1 and top5 at each epoch end.
     """
     check_config(config)
     if strategy is None:
@@ -319,19 +330,30 @@ def train(config, strategy=None, stream=None):
     iterator = iter(train_data)
     say(f"training {config.variant} AlexNet ({trainer.model.count_params():,} parameters) on {config.dataset} "
         f"({info.num_examples['train']} train / {info.num_examples.get('validation', 0)} held-out, {info.num_classes} classes), "
-        f"{type(strategy).__name__} x{strategy.num_replicas_in_sync}, {config.precision}, XLA {'on' if config.xla else 'off'}, "
+        f"{distribute.strategy_name(strategy)} x{strategy.num_replicas_in_sync}, {config.precision}, XLA {'on' if config.xla else 'off'}, "
         f"image {config.image_size}, batch {config.batch_size}, lr {config.learning_rate:g} ({config.lr_schedule}), "
-        f"{config.epochs} epochs x {config.steps_per_epoch} steps")
+        f"{config.epochs} epoch{'s' if config.epochs > 1 else ''} x {config.steps_per_epoch} steps")
 
-    stop = {"sigterm": False}
-    previous_handler = _install_sigterm(stop)
+    stop = StopRequest(stderr=stream)
     progress = Progress(config.steps_per_epoch, config.epochs, config.batch_size, stream=stream)
     result = {}
+    step = start_step
+    window = _RunningTotals()  # the train/ scalars: means over the steps since the last point
+
+    def write_train_scalars():
+        if window.steps:
+            run_log.scalars(step, {**window.means(), "learning_rate": trainer.learning_rate()}, "train/")
+        window.restart()
+
+    def preempted():
+        return Preempted(f"{stop.signal_name}: saved a checkpoint at step {step} in {checkpoint_dir}; "
+                         "rerun the same command to resume.", stop.exit_code)
+
     try:
-        step = start_step
+        stop.install()
         while step < total_steps:
             epoch = step // config.steps_per_epoch
-            epoch_start, totals, timed_images, timed_seconds = time.perf_counter(), np.zeros(4), 0, 0.0
+            epoch_start, epoch_totals = time.perf_counter(), _RunningTotals()
             while step < (epoch + 1) * config.steps_per_epoch:
                 boundary = min((epoch + 1) * config.steps_per_epoch, (step // config.checkpoint_steps + 1) * config.checkpoint_steps)
                 steps = min(config.steps_per_loop, boundary - step)
@@ -344,19 +366,20 @@ def train(config, strategy=None, stream=None):
                         f"loss became {loop_totals[0] / loop_totals[3]} at step {step}; stopped. The last good checkpoint "
                         f"({manager.latest_checkpoint or 'none'}) is kept: lower --learning_rate and rerun."
                     )
-                totals += loop_totals
-                if step - steps > start_step:  # the first loop of a run includes tracing and compiling
-                    timed_images += steps * config.batch_size
-                    timed_seconds += seconds
-                images_per_sec = timed_images / timed_seconds if timed_seconds else steps * config.batch_size / seconds
+                compiled = step - steps > start_step  # the first loop of a run includes tracing and compiling
+                for running in (epoch_totals, window):
+                    running.add(loop_totals, steps, steps * config.batch_size, seconds, compiled)
+                means = epoch_totals.means()
                 if chief:
-                    progress.update(epoch, step - epoch * config.steps_per_epoch,
-                                    totals[0] / totals[3], totals[1] / totals[3], images_per_sec)
+                    progress.update(epoch, step - epoch * config.steps_per_epoch, means["loss"], means["top1"],
+                                    means["images_per_sec"])
                 epoch_done = step == (epoch + 1) * config.steps_per_epoch
-                if (step % config.checkpoint_steps == 0 and not epoch_done) or stop["sigterm"]:
+                if step // config.log_steps > (step - steps) // config.log_steps and not epoch_done:
+                    write_train_scalars()
+                if (step % config.checkpoint_steps == 0 and not epoch_done) or stop.requested:
                     _save(manager, step)
-                if stop["sigterm"]:
-                    raise Preempted(f"SIGTERM: saved a checkpoint at step {step} in {checkpoint_dir}; rerun the same command to resume.")
+                if stop.requested:
+                    raise preempted()
 
             trainer.epoch.assign(epoch + 1)
             held_out = evaluate_held_out()
@@ -364,29 +387,30 @@ def train(config, strategy=None, stream=None):
             _save(manager, step)
             record = {
                 "epoch": epoch + 1, "step": step, "learning_rate": trainer.learning_rate(),
-                "train_loss": totals[0] / totals[3], "train_top1": totals[1] / totals[3], "train_top5": totals[2] / totals[3],
+                "train_loss": means["loss"], "train_top1": means["top1"], "train_top5": means["top5"],
                 "val_loss": held_out["loss"], "val_top1": held_out["top1"], "val_top5": held_out["top5"],
-                "val_examples": held_out["examples"], "images_per_sec": images_per_sec,
+                "val_examples": held_out["examples"], "images_per_sec": means["images_per_sec"],
                 "seconds": time.perf_counter() - epoch_start,
             }
             run_log.epoch(record)
-            run_log.scalars(step, {"loss": record["train_loss"], "top1": record["train_top1"], "top5": record["train_top5"],
-                                   "learning_rate": record["learning_rate"], "images_per_sec": images_per_sec}, "train/")
+            write_train_scalars()
             run_log.scalars(step, {"loss": held_out["loss"], "top1": held_out["top1"], "top5": held_out["top5"]}, "val/")
             if chief:
                 progress.end_epoch(
                     f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} top-1 {record['train_top1']:.3f}; "
                     f"held-out loss {held_out['loss']:.4f} top-1 {held_out['top1']:.3f} top-5 {held_out['top5']:.3f} "
-                    f"({held_out['examples']} images); {images_per_sec:.1f} img/s"
+                    f"({held_out['examples']} images); {means['images_per_sec']:.1f} img/s"
                     + ("; learning rate divided by 10" if dropped else "")
                 )
             result = {"step": step, "epoch": epoch + 1, **{f"val_{k}": v for k, v in held_out.items()}}
+            if stop.requested and step < total_steps:  # arrived during the evaluation: the epoch's checkpoint is saved
+                raise preempted()
         if not result:  # already trained to the end: evaluate what was restored
             held_out = evaluate_held_out()
             result = {"step": step, "epoch": config.epochs, **{f"val_{k}": v for k, v in held_out.items()}}
             say(f"already trained {step} steps; held-out top-1 {held_out['top1']:.3f}")
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        stop.uninstall()
         if not chief:
             shutil.rmtree(write_dir, ignore_errors=True)
 
@@ -398,14 +422,74 @@ def train(config, strategy=None, stream=None):
     return result
 
 
-def _install_sigterm(stop):
-    def on_sigterm(signum, frame):
-        stop["sigterm"] = True
+class StopRequest:
+    """SIGTERM (a preemption notice) or a first Ctrl-C asks the loop to checkpoint and stop after
+    the current `steps_per_loop` steps; a second Ctrl-C stops at once, without a checkpoint
+    (KeyboardInterrupt). Handlers are installed only in the main thread."""
 
-    try:
-        return signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread: leave signals alone
-        return signal.getsignal(signal.SIGTERM)
+    EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+
+    def __init__(self, stderr=None):
+        self.stderr = stderr
+        self.signum = None
+        self._previous = {}
+
+    @property
+    def requested(self):
+        return self.signum is not None
+
+    @property
+    def signal_name(self):
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self):
+        return self.EXIT_CODES[self.signum]
+
+    def _on_signal(self, signum, frame):
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+        if signum == signal.SIGINT:
+            print("Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again: stop without one).",
+                  file=self.stderr or sys.stderr, flush=True)
+
+    def install(self):
+        for signum in self.EXIT_CODES:
+            try:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+
+    def uninstall(self):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+class _RunningTotals:
+    """Training totals over an epoch or since the last TensorBoard point: mean loss, top-1, top-5
+    and images/s (the first loop of a run, which traces and compiles, is left out of images/s
+    when others follow)."""
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self):
+        self.steps, self.totals = 0, np.zeros(4)
+        self.timed = {True: [0, 0.0], False: [0, 0.0]}  # compiled or not: [images, seconds]
+
+    def add(self, loop_totals, steps, images, seconds, compiled):
+        self.steps += steps
+        self.totals += loop_totals
+        self.timed[compiled][0] += images
+        self.timed[compiled][1] += seconds
+
+    def means(self):
+        loss, top1, top5, count = self.totals
+        images, seconds = self.timed[True] if self.timed[True][1] else self.timed[False]
+        return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count,
+                "images_per_sec": images / seconds if seconds else 0.0}
 
 
 def _save(manager, step):

@@ -23,6 +23,9 @@ USAGE_EXIT_CODE = 2
 # system time per training step and gave +9% images/s on CPU (docs/performance.md). Read once,
 # when TensorFlow starts, so it is set here, before any script imports it; the environment wins.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+# TensorFlow's C++ INFO lines (XLA service start, "Compiled cluster using XLA!") hidden; warnings
+# and errors still shown. The environment wins: TF_CPP_MIN_LOG_LEVEL=0 shows everything.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
 def fail(message, code=USAGE_EXIT_CODE):

@@ -4,7 +4,9 @@
     python scripts/train.py --dataset tfds:imagenet2012 --data_dir ~/tensorflow_datasets \
         --image_size 227 --batch_size 128 --epochs 90 --model_dir runs/imagenet
 
-Rerunning the same command resumes from the newest checkpoint in --model_dir.
+Rerunning the same command resumes from the newest checkpoint in --model_dir. SIGTERM (a
+preemption notice) or Ctrl-C saves a checkpoint and stops (exit 143 or 130); Ctrl-C twice stops
+at once.
 """
 
 import sys
@@ -60,6 +62,7 @@ flags.DEFINE_integer("seed", 0, "Seed for initialization, dropout and the input 
 flags.DEFINE_bool("deterministic", False, "Deterministic ops and input order (slower).")
 flags.DEFINE_integer("checkpoint_steps", 500, "Save a checkpoint every N steps (and at every epoch end).")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
+flags.DEFINE_integer("log_steps", 100, "Write the train/ TensorBoard scalars every N steps (and at every epoch end).")
 
 FLAGS = flags.FLAGS
 
@@ -88,9 +91,12 @@ def main(argv):
         result = train(config)
     except TrainingDiverged as error:
         cli.fail(error, code=1)
-    except Preempted as error:
+    except Preempted as error:  # SIGTERM or Ctrl-C: checkpoint saved
         print(str(error), file=sys.stderr)
-        sys.exit(143)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C twice, or before training started
+        cli.fail(f"interrupted; the newest checkpoint in {config.model_dir} (if any) is kept: rerun the same command to resume.",
+                 code=130)
     if result:
         print(f"done: step {result['step']}, held-out top-1 {result['val_top1']:.4f} "
               f"(error {1 - result['val_top1']:.4f}), top-5 {result['val_top5']:.4f}"
