@@ -9,6 +9,9 @@
 
 A checkpoint holds `tf.train.Checkpoint(model=..., optimizer=..., step=..., epoch=..., ...)`;
 restoring only the model reads just its variables (`expect_partial`).
+
+Every file goes through `tf.io.gfile`, so model_dir may be a local folder or any filesystem
+TensorFlow reads and writes, e.g. `gs://bucket/run` (what TPU VMs and multi-worker jobs share).
 """
 
 import json
@@ -33,22 +36,21 @@ def checkpoint_dir(model_dir):
 
 def write_config(model_dir, config):
     """Write `config` (a JSON-serializable dict) to model_dir/config.json, atomically."""
-    os.makedirs(model_dir, exist_ok=True)
+    tf.io.gfile.makedirs(model_dir)
     path = os.path.join(model_dir, CONFIG_FILE)
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def read_config(model_dir):
     """The config.json of a training run; a one-line error if there is none."""
     path = os.path.join(model_dir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path} not found: --model_dir must be a directory written by scripts/train.py.")
-    with open(path) as f:
-        return json.load(f)
+    with tf.io.gfile.GFile(path) as f:
+        return json.loads(f.read())
 
 
 def build_from_config(config, **kwargs):

@@ -30,20 +30,21 @@ def get_strategy(name="auto", tpu=None, num_gpus=None):
         if "TF_CONFIG" not in os.environ:
             raise UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable (cluster and task): set it on every worker.")
         return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "tpu" or (name == "auto" and tpu):
+        # Before anything lists devices: connecting to a TPU cluster resets the runtime's context.
+        return _tpu_strategy(tpu)
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if num_gpus is not None:
         if num_gpus > len(gpus):
             raise UsageError(f"--num_gpus={num_gpus} but this machine has {len(gpus)} GPU(s): lower --num_gpus.")
         gpus = gpus[:num_gpus]
     if name == "auto":
-        name = "tpu" if tpu else "mirrored" if len(gpus) >= 2 else "one_device" if gpus else "default"
+        name = "mirrored" if len(gpus) >= 2 else "one_device" if gpus else "default"
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "one_device":
         return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else "/cpu:0")
-    if name == "mirrored":
-        return _mirrored(tuple(gpus or [d.name for d in tf.config.list_logical_devices("CPU")]))
-    return _tpu_strategy(tpu)
+    return _mirrored(tuple(gpus or [d.name for d in tf.config.list_logical_devices("CPU")]))
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,8 +63,10 @@ def _tpu_strategy(tpu):
         if tpu not in (None, "", "local"):
             tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+    except (ValueError, RuntimeError, OSError, tf.errors.OpError) as error:  # OSError: a TPU name not resolved
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if len(first_line) > 120:
+            first_line = first_line[:117] + "..."
         raise UsageError(
             f"--strategy=tpu: no TPU found (--tpu={tpu or ''!r}: {first_line}); run on a TPU VM with --tpu=local or name a TPU."
         ) from None

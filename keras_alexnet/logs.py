@@ -1,7 +1,6 @@
 """What a training run shows and keeps: a progress line, history.jsonl and TensorBoard scalars."""
 
 import json
-import os
 import sys
 
 import tensorflow as tf
@@ -59,7 +58,9 @@ def _format_seconds(seconds):
 class RunLog:
     """history.jsonl (one JSON object per epoch) and TensorBoard scalars under model_dir/logs.
 
-    Only the chief writes; other workers get `enabled=False` and write nothing.
+    Only the chief writes; other workers get `enabled=False` and write nothing. history.jsonl is
+    rewritten whole and renamed into place each epoch (a few kB), through `tf.io.gfile`: object
+    stores such as gs:// cannot append, and a reader never sees half a line.
     """
 
     def __init__(self, history_path, tensorboard_dir, enabled=True):
@@ -78,7 +79,12 @@ class RunLog:
     def epoch(self, record):
         if not self.enabled:
             return
-        with open(self.history_path, "a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        lines = []
+        if tf.io.gfile.exists(self.history_path):  # a resumed run's earlier epochs
+            with tf.io.gfile.GFile(self.history_path) as f:
+                lines = f.read().splitlines()
+        lines.append(json.dumps(record, sort_keys=True))
+        tmp = self.history_path + ".tmp"
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        tf.io.gfile.rename(tmp, self.history_path, overwrite=True)

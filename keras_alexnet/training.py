@@ -117,12 +117,17 @@ def check_config(config):
 
 
 def _check_writable(path, flag):
+    """Create `path` and a probe file in it (a local folder or a TensorFlow filesystem URL)."""
+    probe = os.path.join(path, f".write_test_{os.getpid()}")
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test_"):
-            pass
-    except OSError as error:
-        raise UsageError(f"{flag}={path} is not writable ({error.strerror}): choose a directory you can write to.") from None
+        tf.io.gfile.makedirs(path)
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("")
+        tf.io.gfile.remove(probe)
+    except (OSError, tf.errors.OpError) as error:
+        reason = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+        raise UsageError(f"{flag}={path} is not writable ({reason.strip().splitlines()[0]}): "
+                         "choose a directory you can write to.") from None
 
 
 def check_resume(config, num_classes):

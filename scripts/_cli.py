@@ -37,13 +37,14 @@ def fail(message, code=USAGE_EXIT_CODE):
 def require_model_source(model_dir, weights):
     """Exactly one of --model_dir (a training run) or --weights (a weight file), and it exists.
 
-    Checked before TensorFlow is imported, so a wrong path answers at once.
+    Checked before TensorFlow is imported, so a wrong path answers at once; a --model_dir URL
+    such as gs://bucket/run is left to TensorFlow's filesystems, which read it later.
     """
     if bool(model_dir) == bool(weights):
         fail("pass exactly one of --model_dir (a training run) or --weights (a weight file).")
     if weights and not os.path.isfile(weights):
         fail(f"--weights={weights}: no such file.")
-    if model_dir and not os.path.isfile(os.path.join(model_dir, "config.json")):
+    if model_dir and "://" not in model_dir and not os.path.isfile(os.path.join(model_dir, "config.json")):
         fail(f"--model_dir={model_dir} has no config.json: pass a directory written by scripts/train.py.")
 
 

@@ -143,6 +143,22 @@ def dataclass_replace(config, **changes):
     return dataclasses.replace(config, **changes)
 
 
+def test_model_dir_on_a_tensorflow_filesystem():
+    # TPU VMs and multi-worker jobs keep runs on gs://; TensorFlow's in-memory ram:// filesystem
+    # goes through the same tf.io.gfile calls here (config, history, checkpoints, TensorBoard).
+    model_dir = f"ram://alexnet-{os.getpid()}/run"
+    config = TrainConfig(**{**TINY, "epochs": 2}, model_dir=model_dir, strategy="default")
+    assert train(dataclass_replace(config, epochs=1))["step"] == 2
+    assert train(config)["step"] == 4  # resumed from ram://.../checkpoints/ckpt-2
+    with tf.io.gfile.GFile(f"{model_dir}/history.jsonl") as f:
+        assert [json.loads(line)["epoch"] for line in f.read().splitlines()] == [1, 2]
+    with tf.io.gfile.GFile(f"{model_dir}/config.json") as f:
+        assert json.loads(f.read())["model_dir"] == model_dir
+    assert tf.train.latest_checkpoint(f"{model_dir}/checkpoints").endswith("ckpt-4")
+    assert tf.io.gfile.listdir(f"{model_dir}/logs")
+    assert not [name for name in tf.io.gfile.listdir(model_dir) if name.startswith(".write_test") or name.endswith(".tmp")]
+
+
 def test_resuming_a_different_model_is_refused(tmp_path):
     train(TrainConfig(**TINY, model_dir=str(tmp_path), strategy="default"))
     with pytest.raises(UsageError, match="image_size=67.*--image_size"):
@@ -188,6 +204,8 @@ def run_script(*args, env=None, **kwargs):
     [
         (["--strategy=foo"], "--strategy"),
         (["--strategy=tpu"], "no TPU found"),
+        (["--tpu=local"], "no TPU found"),  # --strategy=auto with a TPU named
+        (["--strategy=tpu", "--tpu=no-such-tpu"], "no TPU found"),
         (["--dataset=nonsense"], "nonsense"),
         (["--image_size=40"], "--image_size=40"),
     ],
