@@ -31,7 +31,7 @@ def main(argv):
         if not records:
             raise ValueError(f"{model_dir}: history.jsonl has no finished epoch yet.")
         out = FLAGS.out or os.path.join(model_dir if os.path.isdir(model_dir) else os.path.dirname(model_dir), "history.png")
-        path = figures.plot_history(records, out, title=f"training history of {os.path.abspath(model_dir)}")
+        path = figures.plot_history(records, out, title=f"training history of {model_dir}")
     except ValueError as error:  # not only UsageError: figures' own ValueErrors name the file too
         cli.fail(error)
     print(f"wrote {path} ({len(records)} epochs)")

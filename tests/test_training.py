@@ -95,7 +95,8 @@ def event_scalars(log_dir):
     """{tag: [step, ...]} of the TensorBoard scalars under log_dir."""
     steps = {}
     for path in pathlib.Path(log_dir).rglob("events.out.tfevents.*"):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = tf.compat.v1.Event.FromString(record.numpy())
             for value in event.summary.value:
                 steps.setdefault(value.tag, []).append(event.step)
     return steps
