@@ -339,14 +339,14 @@ def train(config, strategy=None, stream=None):
         f"image {config.image_size}, batch {config.batch_size}, lr {config.learning_rate:g} ({config.lr_schedule}), "
         f"{config.epochs} epoch{'s' if config.epochs > 1 else ''} x {config.steps_per_epoch} steps")
 
-    stop = StopRequest(stderr=stream)
+    stop = StopRequest(stream)
     progress = Progress(config.steps_per_epoch, config.epochs, config.batch_size, stream=stream)
     result = {}
     step = start_step
     window = _RunningTotals()  # the train/ scalars: means over the steps since the last point
 
     def write_train_scalars():
-        if window.steps:
+        if window.examples:
             run_log.scalars(step, {**window.means(), "learning_rate": trainer.learning_rate()}, "train/")
         window.restart()
 
@@ -373,7 +373,7 @@ def train(config, strategy=None, stream=None):
                     )
                 compiled = step - steps > start_step  # the first loop of a run includes tracing and compiling
                 for running in (epoch_totals, window):
-                    running.add(loop_totals, steps, steps * config.batch_size, seconds, compiled)
+                    running.add(loop_totals, seconds, compiled)
                 means = epoch_totals.means()
                 if chief:
                     progress.update(epoch, step - epoch * config.steps_per_epoch, means["loss"], means["top1"],
@@ -434,8 +434,8 @@ class StopRequest:
 
     EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
-    def __init__(self, stderr=None):
-        self.stderr = stderr
+    def __init__(self, stream=None):
+        self.stream = stream  # where the Ctrl-C notice goes (None: stderr)
         self.signum = None
         self._previous = {}
 
@@ -457,7 +457,7 @@ class StopRequest:
         self.signum = self.signum or signum
         if signum == signal.SIGINT:
             print("Ctrl-C: saving a checkpoint after this step, then stopping (Ctrl-C again: stop without one).",
-                  file=self.stderr or sys.stderr, flush=True)
+                  file=self.stream or sys.stderr, flush=True)
 
     def install(self):
         for signum in self.EXIT_CODES:
@@ -481,20 +481,23 @@ class _RunningTotals:
         self.restart()
 
     def restart(self):
-        self.steps, self.totals = 0, np.zeros(4)
-        self.timed = {True: [0, 0.0], False: [0, 0.0]}  # compiled or not: [images, seconds]
+        self.totals = np.zeros(4)  # summed [loss, top-1, top-5, examples] of train_steps
+        self.timed = {True: [0.0, 0.0], False: [0.0, 0.0]}  # compiled or not: [examples, seconds]
 
-    def add(self, loop_totals, steps, images, seconds, compiled):
-        self.steps += steps
+    @property
+    def examples(self):
+        return self.totals[3]
+
+    def add(self, loop_totals, seconds, compiled):
         self.totals += loop_totals
-        self.timed[compiled][0] += images
+        self.timed[compiled][0] += float(loop_totals[3])
         self.timed[compiled][1] += seconds
 
     def means(self):
         loss, top1, top5, count = self.totals
-        images, seconds = self.timed[True] if self.timed[True][1] else self.timed[False]
+        examples, seconds = self.timed[True] if self.timed[True][1] else self.timed[False]
         return {"loss": loss / count, "top1": top1 / count, "top5": top5 / count,
-                "images_per_sec": images / seconds if seconds else 0.0}
+                "images_per_sec": examples / seconds if seconds else 0.0}
 
 
 def _save(manager, step):
