@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from keras_alexnet import augment, data, distribute, export, training
+from keras_alexnet import augment, data, distribute, export, recipes, training
 from keras_alexnet.errors import UsageError
 from keras_alexnet.layers import TwoColumnConv2D
 from keras_alexnet.model import build
@@ -292,9 +292,11 @@ def train_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
     """
     strategy_object = distribute.get_strategy(strategy, tpu=tpu)
     calls = max(1, num_batches // steps_per_loop)
-    config = training.TrainConfig(variant=variant, image_size=image_size, batch_size=batch_size, precision=precision,
-                                  xla=xla, strategy=strategy, steps_per_loop=steps_per_loop, epochs=1,
-                                  steps_per_epoch=warmup_batches + runs * calls * steps_per_loop, seed=seed)
+    # The paper's step (SGD with momentum, coupled weight decay), whatever the dataset's recipe would be.
+    config = recipes.apply(training.TrainConfig(
+        recipe="paper", variant=variant, image_size=image_size, batch_size=batch_size, precision=precision, xla=xla,
+        strategy=strategy, steps_per_loop=steps_per_loop, epochs=1,
+        steps_per_epoch=warmup_batches + runs * calls * steps_per_loop, seed=seed), num_train_examples=0)
     training.check_config(dataclasses.replace(config, model_dir=tempfile.gettempdir()))  # nothing is written
     info = types.SimpleNamespace(num_examples={"train": config.steps_per_epoch * batch_size})
     config = training.resolve(config, strategy_object, info)

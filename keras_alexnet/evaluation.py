@@ -12,11 +12,30 @@ under MirroredStrategy a replica whose input has run out receives an empty batch
 does this), which adds zero to every count. Nothing is dropped or counted twice.
 """
 
+import math
 import time
 
 import tensorflow as tf
 
 TOP_K = 5
+
+
+def chance_ceiling(num_classes, num_examples):
+    """The held-out top-1 at or below which a result is within noise of guessing.
+
+    Chance is 1/classes; a guesser's top-1 over `num_examples` images has a binomial standard
+    deviation sqrt(p (1 - p) / n). The ceiling is chance plus three of those, and at least 1.5x
+    chance, so that on a large held-out set a run a hair above chance does not count as learning.
+    """
+    chance = 1.0 / num_classes
+    noise = math.sqrt(chance * (1.0 - chance) / max(num_examples, 1))
+    return max(chance + 3.0 * noise, 1.5 * chance)
+
+
+def at_chance(top1, num_classes, num_examples):
+    """True when held-out top-1 is within noise of chance (`chance_ceiling`); False when there
+    were no held-out images to tell."""
+    return num_examples > 0 and num_classes > 1 and top1 <= chance_ceiling(num_classes, num_examples)
 
 
 def model_probabilities(model):

@@ -350,6 +350,29 @@ def plot_history(records, path, title=None):
     return _save(figure, path)
 
 
+def plot_learning_check(runs, path, title=None):
+    """Held-out top-1 (%) per epoch of `scripts/learning_check.py` runs, one panel per set, one
+    line per seed, chance as a dotted line. `runs`: dicts with set, seed, val_top1 (a list) and
+    num_classes. Returns path."""
+    names = sorted({run["set"] for run in runs})
+    figure = _figure(width=4.2 * len(names), height=3.6)
+    axes = np.atleast_1d(figure.subplots(1, len(names), sharey=True))
+    for axis, name in zip(axes, names):
+        for run in (r for r in runs if r["set"] == name):
+            epochs = np.arange(1, len(run["val_top1"]) + 1)
+            axis.plot(epochs, 100.0 * np.array(run["val_top1"]), marker="o", markersize=3, label=f"seed {run['seed']}")
+        chance = 100.0 / next(r["num_classes"] for r in runs if r["set"] == name)
+        axis.axhline(chance, color="gray", linestyle=":", label="chance")
+        axis.set_title(name, fontsize=10)
+        axis.set_xlabel("epoch")
+        axis.set_ylim(0, 100)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8, loc="lower right")
+    axes[0].set_ylabel("held-out top-1 (%)")
+    figure.suptitle(title or "held-out top-1 on real-photo sets", fontsize=10)
+    return _save(figure, path)
+
+
 # --- input pipeline steps -----------------------------------------------------------------------
 
 

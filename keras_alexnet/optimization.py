@@ -78,11 +78,18 @@ class PlateauTracker:
         self.wait = tf.Variable(0, trainable=False, dtype=tf.int64, name="plateau_wait")
         self.drops = tf.Variable(0, trainable=False, dtype=tf.int64, name="plateau_drops")
 
-    def update(self, error):
-        """Record one epoch's held-out error; returns True if the rate was divided by 10."""
+    def update(self, error, chance_error=None):
+        """Record one epoch's held-out error; returns True if the rate was divided by 10.
+
+        While the best error so far is still above `chance_error` (the error of a result within
+        noise of guessing, `evaluation.chance_ceiling`), no epoch counts towards a plateau: the
+        run has not started learning, and a smaller rate would only keep it where it is.
+        """
         if error < float(self.best_error.numpy()) - self.min_delta:
             self.best_error.assign(error)
             self.wait.assign(0)
+            return False
+        if chance_error is not None and float(self.best_error.numpy()) > chance_error:
             return False
         self.wait.assign_add(1)
         if int(self.wait.numpy()) >= self.patience and int(self.drops.numpy()) < self.max_drops:

@@ -10,6 +10,7 @@ devices). Progress, checkpoints, evaluation and the schedule run in Python betwe
 """
 
 import dataclasses
+import math
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, optimization
+from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, optimization, recipes
 from keras_alexnet.errors import UsageError
 from keras_alexnet.logs import Progress, RunLog
 from keras_alexnet.model import VARIANTS, INITS, min_input_size
@@ -42,9 +43,17 @@ class Preempted(RuntimeError):
         self.exit_code = exit_code
 
 
+# The exit code of scripts/train.py for a run whose held-out top-1 ended within noise of chance.
+NOT_LEARNED_EXIT_CODE = 3
+# From this epoch on, a held-out top-1 still within noise of chance is warned about (once): every
+# recipe here has left its flat start by then on the data measured (docs/recipes.md).
+CHANCE_WARNING_EPOCH = 3
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run needs; scripts/train.py fills it from flags. None means "choose for me"."""
+    """Everything a run needs; scripts/train.py fills it from flags. None means "choose for me":
+    the recipe (keras_alexnet.recipes) fills image_size ... weight_decay, the machine the rest."""
 
     dataset: str = "shapes"
     data_dir: str = None
@@ -57,9 +66,11 @@ class TrainConfig:
     groups: int = 2
     init: str = "caffe"
     dropout: float = 0.5
-    image_size: int = 227
-    batch_size: int = 128
-    epochs: int = 90
+    recipe: str = "auto"
+    recipe_reason: str = None  # set by recipes.apply
+    image_size: int = None
+    batch_size: int = None
+    epochs: int = None
     steps_per_epoch: int = None
     strategy: str = "auto"
     tpu: str = None
@@ -68,25 +79,29 @@ class TrainConfig:
     xla: bool = None
     steps_per_loop: int = 1
     learning_rate: float = None
-    lr_schedule: str = "plateau"
-    warmup_epochs: float = 0.0
+    lr_schedule: str = None
+    warmup_epochs: float = None
     lr_decay_epochs: float = 30.0
     plateau_patience: int = 2
-    optimizer: str = "sgd"
+    optimizer: str = None
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = None
     seed: int = 0
     deterministic: bool = False
     checkpoint_steps: int = 500
     keep_checkpoints: int = 3
     log_steps: int = 100
+    export_at_chance: bool = False  # export even when held-out top-1 ended within noise of chance
 
     def to_json(self):
         return dataclasses.asdict(self)
 
 
 def check_config(config):
-    """Checks that need no TensorFlow work: each failure names the flag and the fix."""
+    """Checks that need no TensorFlow work: each failure names the flag and the fix. Settings
+    left as None (the recipe's to fill) are not checked."""
+    if config.recipe not in recipes.RECIPES:
+        raise UsageError(f"--recipe={config.recipe!r} is unknown: use one of {', '.join(recipes.RECIPES)}.")
     if config.variant not in VARIANTS:
         raise UsageError(f"--variant={config.variant!r} is unknown: use one of {', '.join(VARIANTS)}.")
     if config.init not in INITS:
@@ -94,24 +109,24 @@ def check_config(config):
     if config.groups not in (1, 2):
         raise UsageError(f"--groups={config.groups} is not supported: use 1 or 2.")
     smallest = min_input_size(config.variant)
-    if config.image_size < smallest:
+    if config.image_size is not None and config.image_size < smallest:
         raise UsageError(f"--image_size={config.image_size} is below the minimum for --variant={config.variant}: use at least {smallest}.")
     for name in ("batch_size", "epochs", "steps_per_loop", "checkpoint_steps", "keep_checkpoints", "log_steps"):
-        if getattr(config, name) < 1:
+        if getattr(config, name) is not None and getattr(config, name) < 1:
             raise UsageError(f"--{name}={getattr(config, name)} must be at least 1.")
     if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
         raise UsageError(f"--steps_per_epoch={config.steps_per_epoch} must be at least 1.")
     if config.precision is not None and config.precision not in PRECISIONS:
         raise UsageError(f"--precision={config.precision!r} is unknown: use one of {', '.join(PRECISIONS)}.")
-    if config.lr_schedule not in optimization.SCHEDULES:
+    if config.lr_schedule is not None and config.lr_schedule not in optimization.SCHEDULES:
         raise UsageError(f"--lr_schedule={config.lr_schedule!r} is unknown: use one of {', '.join(optimization.SCHEDULES)}.")
-    if config.optimizer not in optimization.OPTIMIZERS:
+    if config.optimizer is not None and config.optimizer not in optimization.OPTIMIZERS:
         raise UsageError(f"--optimizer={config.optimizer!r} is unknown: use one of {', '.join(optimization.OPTIMIZERS)}.")
     if config.learning_rate is not None and not config.learning_rate > 0:
         raise UsageError(f"--learning_rate={config.learning_rate} must be positive.")
     if not 0.0 <= config.dropout < 1.0:
         raise UsageError(f"--dropout={config.dropout} must be in [0, 1).")
-    if config.weight_decay < 0 or config.momentum < 0:
+    if (config.weight_decay or 0.0) < 0 or config.momentum < 0:
         raise UsageError("--weight_decay and --momentum must not be negative.")
     _check_writable(config.model_dir, "--model_dir")
 
@@ -294,7 +309,7 @@ def train(config, strategy=None, stream=None):
     if strategy is None:
         strategy = distribute.get_strategy(config.strategy, tpu=config.tpu, num_gpus=config.num_gpus)
     info = data.dataset_info(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)
-    config = resolve(config, strategy, info)
+    config = resolve(recipes.apply(config, info.num_examples["train"]), strategy, info)
     check_resume(config, info.num_classes)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -338,6 +353,9 @@ def train(config, strategy=None, stream=None):
         f"{distribute.strategy_name(strategy)} x{strategy.num_replicas_in_sync}, {config.precision}, XLA {'on' if config.xla else 'off'}, "
         f"image {config.image_size}, batch {config.batch_size}, lr {config.learning_rate:g} ({config.lr_schedule}), "
         f"{config.epochs} epoch{'s' if config.epochs > 1 else ''} x {config.steps_per_epoch} steps")
+    say(f"recipe {config.recipe} ({config.recipe_reason}): {config.optimizer}, warm-up {config.warmup_epochs:g} "
+        f"epoch{'s' if config.warmup_epochs != 1 else ''}, weight decay {config.weight_decay:g}; flags given win")
+    chance = ChanceWatch(info.num_classes, config, say)
 
     stop = StopRequest(stream)
     progress = Progress(config.steps_per_epoch, config.epochs, config.batch_size, stream=stream)
@@ -388,7 +406,8 @@ def train(config, strategy=None, stream=None):
 
             trainer.epoch.assign(epoch + 1)
             held_out = evaluate_held_out()
-            dropped = config.lr_schedule == "plateau" and trainer.plateau.update(1.0 - held_out["top1"])
+            dropped = config.lr_schedule == "plateau" and trainer.plateau.update(
+                1.0 - held_out["top1"], chance_error=1.0 - chance.ceiling(held_out["examples"]))
             _save(manager, step)
             record = {
                 "epoch": epoch + 1, "step": step, "learning_rate": trainer.learning_rate(),
@@ -407,6 +426,7 @@ def train(config, strategy=None, stream=None):
                     f"({held_out['examples']} images); {means['images_per_sec']:.1f} img/s"
                     + ("; learning rate divided by 10" if dropped else "")
                 )
+            chance.after_epoch(epoch + 1, held_out)
             result = {"step": step, "epoch": epoch + 1, **{f"val_{k}": v for k, v in held_out.items()}}
             if stop.requested and step < total_steps:  # arrived during the evaluation: the epoch's checkpoint is saved
                 raise preempted()
@@ -419,12 +439,52 @@ def train(config, strategy=None, stream=None):
         if not chief:
             shutil.rmtree(write_dir, ignore_errors=True)
 
-    if chief and config.export_dir:
+    result["learned"] = not chance.at_chance(result["val_top1"], result["val_examples"])
+    result["chance"], result["chance_ceiling"] = 1.0 / info.num_classes, chance.ceiling(result["val_examples"])
+    if chief and config.export_dir and not (result["learned"] or config.export_at_chance):
+        say(f"nothing exported: held-out top-1 {result['val_top1']:.3f} is within noise of chance, and a model that "
+            "learned nothing must not replace a served one (--export_at_chance exports anyway)")
+    elif chief and config.export_dir:
         result["export_path"] = export.export_saved_model(
             trainer.model, config.export_dir, class_names=list(info.class_names), image_size=config.image_size)
         say(f"exported SavedModel to {result['export_path']}")
     result["model"] = trainer.model
     return result
+
+
+class ChanceWatch:
+    """Tells a run that is not learning: held-out top-1 within noise of chance
+    (`evaluation.chance_ceiling`). From CHANCE_WARNING_EPOCH on (or the warm-up's end, if later)
+    such an epoch earns one warning line that names the flags to change."""
+
+    def __init__(self, num_classes, config, say):
+        self.num_classes = num_classes
+        self.config = config
+        self.say = say
+        self.warned = False
+
+    def ceiling(self, examples):
+        return evaluation.chance_ceiling(self.num_classes, examples)
+
+    def at_chance(self, top1, examples):
+        return evaluation.at_chance(top1, self.num_classes, examples)
+
+    def after_epoch(self, epoch, held_out):
+        first = max(CHANCE_WARNING_EPOCH, math.ceil(self.config.warmup_epochs))
+        if self.warned or epoch < first or not self.at_chance(held_out["top1"], held_out["examples"]):
+            return
+        self.warned = True
+        self.say(f"warning: held-out top-1 {held_out['top1']:.3f} after {epoch} epochs is within noise of chance "
+                 f"({1 / self.num_classes:.3f} for {self.num_classes} classes): the network is not learning. "
+                 f"{self.fix()}")
+
+    def fix(self):
+        """The flags to change, for the recipe this run uses."""
+        rate = self.config.learning_rate
+        if self.config.optimizer == "sgd":
+            return (f"Try --recipe=small_data (Adam with warm-up), or --learning_rate={rate * 4:g} with "
+                    "--warmup_epochs=1; docs/recipes.md.")
+        return f"Try --learning_rate={rate / 2:g} and --warmup_epochs={self.config.warmup_epochs + 2:g}; docs/recipes.md."
 
 
 class StopRequest:

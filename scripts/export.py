@@ -5,8 +5,11 @@
 
 Writes <export_base>/<version>/ (the next free integer by default; an existing version is never
 overwritten) with the `serving_default` (JPEG/PNG bytes) and `predict_images` signatures and
-TF Serving warm-up requests. See docs/serving.md.
+TF Serving warm-up requests. See docs/serving.md. A run whose last held-out top-1 was within noise
+of chance is exported too, since it was asked for, with a warning line on stderr.
 """
+
+import sys
 
 from absl import flags
 
@@ -21,10 +24,28 @@ flags.DEFINE_string("model_name", None, "Model name in the warm-up requests (def
 FLAGS = flags.FLAGS
 
 
+def warn_if_at_chance(model_dir, config):
+    """One warning line when the run's last held-out top-1 (history.jsonl) was within noise of
+    chance: scripts/train.py does not export such a run; here the user asked explicitly."""
+    from keras_alexnet import evaluation
+    from keras_alexnet.figures import read_history
+
+    try:
+        last = read_history(model_dir)[-1]
+    except (FileNotFoundError, IndexError):
+        return
+    top1, examples, classes = last["val_top1"], last.get("val_examples", 0), int(config["num_classes"])
+    if evaluation.at_chance(top1, classes, examples):
+        print(f"warning: the run's last held-out top-1 ({top1:.3f} at epoch {last['epoch']}, {examples} images) is within "
+              f"noise of chance ({1 / classes:.3f} for {classes} classes): this model learned nothing; exporting it "
+              "as asked.", file=sys.stderr)
+
+
 def main(argv):
     from keras_alexnet import checkpoints, export
 
     model, config = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint)
+    warn_if_at_chance(FLAGS.model_dir, config)
     class_names = checkpoints.class_names(config)
     path = export.export_saved_model(
         model, FLAGS.export_base, class_names=class_names, image_size=int(config["image_size"]),

@@ -4,7 +4,9 @@
     python scripts/train.py --dataset tfds:imagenet2012 --data_dir ~/tensorflow_datasets \
         --image_size 227 --batch_size 128 --epochs 90 --model_dir runs/imagenet
 
-Rerunning the same command resumes from the newest checkpoint in --model_dir. SIGTERM (a
+Flags left unset take a recipe (--recipe, keras_alexnet/recipes.py): the demo's on the built-in
+shapes data, small_data (Adam, warm-up, cosine) under 100,000 training images, the paper's §5
+recipe from there on. Rerunning the same command resumes from the newest checkpoint in --model_dir. SIGTERM (a
 preemption notice) or Ctrl-C saves a checkpoint and stops (exit 143 or 130); Ctrl-C twice stops
 at once.
 """
@@ -15,16 +17,10 @@ from absl import flags
 
 import _cli as cli
 
-# The demo recipe: what a flag left unset means when --dataset is the built-in shapes data (any
-# other dataset gets the paper's recipe, keras_alexnet.training.TrainConfig's defaults). Chosen
-# from measured runs to reach >= 90% held-out top-1 within 10 minutes on a 2-core CPU (README,
-# docs/input.md): the smallest input the net takes, and Adam with warm-up and cosine decay, which
-# leaves the flat start of Caffe's init in ~100 steps where the paper's SGD stays at chance for
-# hundreds (its step size follows the gradient's scale, tiny at init for small inputs). The
-# warm-up is 3 epochs: with 1, seed 1 never left chance (most conv2 and fc6 units died while the
-# rate rose to 5e-4 during the flat start); with 3, seeds 0-3 all passed 90%.
-DEMO = dict(image_size=67, batch_size=32, epochs=9, optimizer="adam", learning_rate=5e-4,
-            lr_schedule="cosine", warmup_epochs=3.0, weight_decay=0.0)
+flags.DEFINE_enum("recipe", "auto", ["auto", "paper", "small_data", "demo"],
+                  "What unset flags mean. auto: demo on shapes, paper (§5: SGD 0.01 x batch/128, plateau /10, decay 5e-4, "
+                  "227 px, batch 128, 90 epochs) for 100,000+ training images, small_data (Adam 5e-4, 3 warm-up epochs, "
+                  "cosine, no decay, batch 32, 30 epochs) under that. docs/recipes.md.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
                   "tf.distribute strategy. auto: TPU if --tpu is set, mirrored for 2+ GPUs, one_device for one GPU, "
                   "default otherwise. multi_worker reads TF_CONFIG.")
@@ -42,41 +38,41 @@ flags.DEFINE_enum("variant", "paper", ["paper", "one_column"], "paper: the two-c
 flags.DEFINE_integer("groups", 2, "Columns of conv2/4/5 in the paper variant (2 as in the paper, 1 for one column).")
 flags.DEFINE_enum("init", "caffe", ["caffe", "paper"], "Initialization: caffe (learns at once) or paper (§5, biases 1).")
 flags.DEFINE_float("dropout", 0.5, "Dropout rate after fc6 and fc7 (§4.2).")
-flags.DEFINE_integer("image_size", None, "Square input size, at least 67 (default: 227, the paper's; demo 67).")
-flags.DEFINE_integer("batch_size", None, "Global batch size, split evenly over the replicas (default: 128, the paper's; demo 32).")
-flags.DEFINE_integer("epochs", None, "Epochs to train (default: 90, about the paper's; demo 9).")
+flags.DEFINE_integer("image_size", None, "Square input size, at least 67 (default: the recipe's, 227; demo 67).")
+flags.DEFINE_integer("batch_size", None, "Global batch size, split evenly over the replicas (default: the recipe's: paper 128, small_data and demo 32).")
+flags.DEFINE_integer("epochs", None, "Epochs to train (default: the recipe's: paper 90, small_data 30, demo 9).")
 flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: training examples // batch size).")
 flags.DEFINE_enum("precision", None, ["float32", "mixed_float16", "mixed_bfloat16"],
                   "Default by device: mixed_bfloat16 on TPU and Ampere+ GPUs, mixed_float16 (loss-scaled) on older GPUs, float32 on CPU.")
 flags.DEFINE_bool("xla", None, "Compile each replica's forward and backward with XLA (default: on; measured +34% on CPU, docs/performance.md).")
 flags.DEFINE_integer("steps_per_loop", 1, "Training steps per call into the compiled loop (raise on accelerators to cut host overhead).")
-flags.DEFINE_float("learning_rate", None, "Base learning rate (default: 0.01 x global batch / 128, the paper's rate scaled linearly; demo 5e-4).")
+flags.DEFINE_float("learning_rate", None, "Base learning rate (default: the recipe's: paper 0.01 x global batch / 128, small_data and demo 5e-4).")
 flags.DEFINE_enum("lr_schedule", None, ["plateau", "step", "cosine"],
-                  "plateau (default): /10 when held-out error stops improving, 3 times at most (§5); step: /10 every "
-                  "--lr_decay_epochs; cosine (demo).")
-flags.DEFINE_float("warmup_epochs", None, "Linear learning-rate warm-up, in epochs (default: 0; demo 3).")
+                  "plateau (the paper's): /10 when held-out error stops improving, 3 times at most, never while "
+                  "top-1 is still at chance (§5); step: /10 every --lr_decay_epochs; cosine (small_data, demo).")
+flags.DEFINE_float("warmup_epochs", None, "Linear learning-rate warm-up, in epochs (default: the recipe's: paper 0, small_data and demo 3).")
 flags.DEFINE_float("lr_decay_epochs", 30.0, "Epochs between /10 steps with --lr_schedule step.")
 flags.DEFINE_integer("plateau_patience", 2, "Epochs without held-out improvement before /10 with --lr_schedule plateau.")
-flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "sgd (default): the paper's SGD with momentum (§5); adam (demo): Adam, beta_1 = --momentum.")
+flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "sgd: the paper's SGD with momentum (§5); adam (small_data, demo): Adam, beta_1 = --momentum.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum (§5); Adam's beta_1.")
-flags.DEFINE_float("weight_decay", None, "Coupled weight decay on kernels, not biases (default: 5e-4, §5; demo 0).")
+flags.DEFINE_float("weight_decay", None, "Coupled weight decay on kernels, not biases (default: the recipe's: paper 5e-4 (§5), small_data and demo 0).")
 flags.DEFINE_integer("seed", 0, "Seed for initialization, dropout and the input pipeline.")
 flags.DEFINE_bool("deterministic", False, "Deterministic ops and input order (slower).")
 flags.DEFINE_integer("checkpoint_steps", 500, "Save a checkpoint every N steps (and at every epoch end).")
 flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints to keep.")
+flags.DEFINE_bool("export_at_chance", False,
+                  "Export even when held-out top-1 ended within noise of chance (by default such a run exports nothing "
+                  "and exits 3).")
 flags.DEFINE_integer("log_steps", 100, "Write the train/ TensorBoard scalars every N steps (and at every epoch end).")
 
 FLAGS = flags.FLAGS
 
 
 def config_values(flag_values):
-    """TrainConfig fields from the flags: unset flags take the demo recipe on shapes data, else
-    TrainConfig's defaults (the paper's recipe)."""
+    """TrainConfig fields from the flags; unset flags stay None for the recipe to fill."""
     from keras_alexnet.training import TrainConfig
 
     values = {field: flag_values[field].value for field in TrainConfig.__dataclass_fields__ if field in flag_values}
-    if values["dataset"].split(":")[0] == "shapes":
-        values.update({name: value for name, value in DEMO.items() if values[name] is None})
     return {name: value for name, value in values.items() if value is not None}
 
 
@@ -86,7 +82,7 @@ def main(argv):
     # absl logs TensorFlow's INFO lines (checkpoint sharding, retracing notes) by default: keep
     # the terminal for progress and results.
     logging.set_verbosity(logging.WARNING)
-    from keras_alexnet.training import Preempted, TrainConfig, TrainingDiverged, train
+    from keras_alexnet.training import NOT_LEARNED_EXIT_CODE, Preempted, TrainConfig, TrainingDiverged, train
 
     config = TrainConfig(**config_values(FLAGS))
     try:
@@ -99,10 +95,15 @@ def main(argv):
     except KeyboardInterrupt:  # Ctrl-C twice, or before training started
         cli.fail(f"interrupted; the newest checkpoint in {config.model_dir} (if any) is kept: rerun the same command to resume.",
                  code=130)
-    if result:
-        print(f"done: step {result['step']}, held-out top-1 {result['val_top1']:.4f} "
-              f"(error {1 - result['val_top1']:.4f}), top-5 {result['val_top5']:.4f}"
-              + (f"; SavedModel {result['export_path']}" if result.get("export_path") else ""))
+    exported = f"; SavedModel {result['export_path']}" if result.get("export_path") else ""
+    if not result["learned"]:
+        classes = round(1 / result["chance"])
+        print(f"did not learn: step {result['step']}, held-out top-1 {result['val_top1']:.4f} is within noise of chance "
+              f"({result['chance']:.3f} for {classes} classes; up to {result['chance_ceiling']:.3f} on "
+              f"{result['val_examples']} held-out images){exported or '; nothing exported'}. Exit code {NOT_LEARNED_EXIT_CODE}.")
+        sys.exit(NOT_LEARNED_EXIT_CODE)
+    print(f"done: step {result['step']}, held-out top-1 {result['val_top1']:.4f} (error {1 - result['val_top1']:.4f}), "
+          f"top-5 {result['val_top5']:.4f}{exported}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,28 @@ def test_plateau_divides_by_ten_at_most_three_times():
     assert [fresh.update(e) for e in [0.5, 0.5, 0.4, 0.4, 0.3]] == [False] * 5
 
 
+def test_plateau_never_divides_while_the_error_is_at_chance():
+    # Held-out error of a 10-class run stuck at chance (0.9) for many epochs: no cut, however long.
+    tracker = optimization.PlateauTracker(patience=2)
+    chance_error = 1.0 - 0.15  # 1 - evaluation.chance_ceiling(10, 1000)
+    assert not any(tracker.update(error, chance_error=chance_error) for error in [0.9, 0.91, 0.9, 0.92, 0.9, 0.87, 0.88, 0.9])
+    assert float(tracker.scale.numpy()) == 1.0
+    # Once the error has clearly left chance, plateaus count again.
+    assert [tracker.update(e, chance_error=chance_error) for e in [0.6, 0.6, 0.6]] == [False, False, True]
+    # Without the guard the same flat start is cut twice.
+    unguarded = optimization.PlateauTracker(patience=2)
+    assert sum(unguarded.update(error) for error in [0.9, 0.91, 0.9, 0.92, 0.9, 0.87, 0.88, 0.9]) == 3
+
+
+def test_chance_ceiling():
+    from keras_alexnet import evaluation
+
+    assert evaluation.chance_ceiling(10, 1000) == pytest.approx(0.15)  # 1.5x chance beats 0.1 + 3 * 0.0095
+    assert evaluation.chance_ceiling(10, 100) == pytest.approx(0.1 + 3 * 0.03)  # 3 sigma beats 1.5x chance
+    assert evaluation.at_chance(0.167, 6, 300) and not evaluation.at_chance(0.30, 6, 300)
+    assert not evaluation.at_chance(0.0, 10, 0)  # no held-out images: nothing to tell
+
+
 def test_step_cosine_and_warmup_schedules():
     step = optimization.AlexNetSchedule(0.1, "step", 100, decay_steps=30)
     assert [round(float(step(s)), 6) for s in (0, 29, 30, 61, 95)] == [0.1, 0.1, 0.01, 0.001, 0.0001]

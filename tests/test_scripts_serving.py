@@ -115,6 +115,18 @@ def test_export_script_versions_and_errors(run):
     assert os.listdir(run["base"]) == ["1"]
 
 
+def test_export_script_warns_about_a_run_that_ended_at_chance(tmp_path):
+    model_dir = tmp_path / "model_dir"
+    write_model_dir(str(model_dir))
+    record = {"epoch": 2, "val_top1": 0.09, "val_examples": 1000}  # 10 classes: chance 0.1
+    (model_dir / "history.jsonl").write_text(json.dumps({**record, "epoch": 1}) + "\n" + json.dumps(record) + "\n")
+    done = run_script("export.py", "--model_dir", model_dir, "--export_base", tmp_path / "base")
+    assert done.returncode == 0, done.stderr[-3000:]
+    warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: the run's last held-out top-1")]
+    assert len(warnings) == 1 and "(0.090 at epoch 2, 1000 images) is within noise of chance (0.100 for 10 classes)" in warnings[0]
+    assert tf.saved_model.contains_saved_model(str(tmp_path / "base" / "1"))  # exported all the same, as asked
+
+
 def top5_blocks(stdout):
     """{path: [(label, score), ...]} from the scripts' top-5 printout."""
     blocks, current = {}, None

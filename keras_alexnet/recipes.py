@@ -1,0 +1,67 @@
+"""Training recipes: what the settings a user leaves unset mean.
+
+    paper       §5 as published: SGD with momentum 0.9, lr 0.01 at batch 128 (scaled linearly
+                with the global batch), divided by 10 when the held-out error stops improving,
+                coupled weight decay 5e-4, 227x227 input, batch 128, 90 epochs. What ImageNet
+                needs, and what a dataset of 100,000 training images or more gets.
+    small_data  for the datasets people fine-tune and experiment on (under 100,000 images):
+                SMALL_DATA below. The paper's rate, scaled down to a small batch, leaves Caffe's
+                initialization on a flat start for many epochs, and a plateau schedule then cuts
+                the rate before anything was learned; docs/recipes.md has the runs behind it.
+    demo        small_data on the built-in shapes data, sized to finish within 10 minutes on a
+                2-core CPU: 67 px (the smallest input the net takes), batch 32.
+
+`--recipe auto` (the default) picks demo for `shapes`, paper for 100,000 training images or more,
+small_data otherwise. Any setting given explicitly wins over the recipe. The chosen recipe and the
+reason are printed in the run's header and kept in config.json (`recipe`, `recipe_reason`).
+"""
+
+import dataclasses
+
+RECIPES = ("auto", "paper", "small_data", "demo")
+# At ImageNet's scale (1.28M images) the paper's recipe is the reference; under this many training
+# images a run is short in steps and the small-data recipe applies.
+LARGE_DATASET = 100_000
+# The settings a recipe decides (TrainConfig fields that default to None).
+FIELDS = ("image_size", "batch_size", "epochs", "optimizer", "learning_rate", "lr_schedule", "warmup_epochs",
+          "weight_decay")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    image_size: int
+    batch_size: int
+    epochs: int
+    optimizer: str
+    learning_rate: float  # None: the paper's 0.01 x global batch / 128 (training.resolve)
+    lr_schedule: str
+    warmup_epochs: float
+    weight_decay: float
+
+
+PAPER = Recipe("paper", image_size=227, batch_size=128, epochs=90, optimizer="sgd", learning_rate=None,
+               lr_schedule="plateau", warmup_epochs=0.0, weight_decay=5e-4)
+SMALL_DATA = Recipe("small_data", image_size=227, batch_size=32, epochs=30, optimizer="adam", learning_rate=5e-4,
+                    lr_schedule="cosine", warmup_epochs=3.0, weight_decay=0.0)
+DEMO = dataclasses.replace(SMALL_DATA, name="demo", image_size=67, epochs=9)
+_BY_NAME = {recipe.name: recipe for recipe in (PAPER, SMALL_DATA, DEMO)}
+
+
+def choose(name, dataset, num_train_examples):
+    """(Recipe, reason): the named recipe, or for "auto" the one that fits the dataset."""
+    if name != "auto":
+        return _BY_NAME[name], f"--recipe={name}"
+    if dataset.split(":")[0] == "shapes":
+        return DEMO, "the built-in shapes data"
+    if num_train_examples >= LARGE_DATASET:
+        return PAPER, f"{num_train_examples:,} training images, at least {LARGE_DATASET:,}"
+    return SMALL_DATA, f"{num_train_examples:,} training images, under {LARGE_DATASET:,}"
+
+
+def apply(config, num_train_examples):
+    """`config` (a TrainConfig) with every recipe setting it leaves as None filled in, and
+    `recipe`/`recipe_reason` set to the recipe used and why."""
+    recipe, reason = choose(config.recipe, config.dataset, num_train_examples)
+    unset = {field: getattr(recipe, field) for field in FIELDS if getattr(config, field) is None}
+    return dataclasses.replace(config, recipe=recipe.name, recipe_reason=reason, **unset)
