@@ -214,14 +214,23 @@ def existing_versions(export_base):
 
 
 def _move_into_place(staging, export_base, version):
+    """Rename the finished `staging` folder to export_base/<version> (the next free one if None).
+
+    The rename claims the version number: a local rename of a folder is atomic, and it fails when
+    the target exists -- overwrite=False checks first (AlreadyExistsError), and when another export
+    renames its folder into place between that check and this rename, rename(2) itself refuses to
+    replace a folder that is not empty (FailedPreconditionError, "Directory not empty"). Either way
+    the number is taken, and the next one is tried. So two exports at once never share a version.
+    """
     while True:
         target_version = version if version is not None else max(existing_versions(export_base), default=0) + 1
         target = os.path.join(export_base, str(target_version))
         try:
-            # A local rename of a folder is atomic; overwrite=False refuses an existing version.
             tf.io.gfile.rename(staging, target, overwrite=False)
             return target
-        except tf.errors.AlreadyExistsError:
+        except (tf.errors.AlreadyExistsError, tf.errors.FailedPreconditionError):
+            if not tf.io.gfile.exists(target):
+                raise  # not a version taken meanwhile
             if version is not None:
                 raise UsageError(f"{target} exists: versions are never overwritten; pass another --version.") from None
             # Another export took this number in the meantime: take the next one.

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, optimization
+from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, optimization, run_lease
 from keras_alexnet.errors import UsageError
 from keras_alexnet.logs import Progress, RunLog
 from keras_alexnet.model import VARIANTS, INITS, min_input_size
@@ -302,12 +302,12 @@ def train(config, strategy=None, stream=None):
     keras.mixed_precision.set_global_policy(config.precision)
     chief = distribute.is_chief(strategy)
     say = (lambda message: print(message, file=stream, flush=True)) if chief else (lambda message: None)
+    lease = run_lease.acquire(config.model_dir, stream=stream) if chief else None  # one run per model_dir
 
     trainer = Trainer(config, strategy, info.num_classes)
     checkpoint_dir = checkpoints.checkpoint_dir(config.model_dir)
-    restored = checkpoints.latest_checkpoint(config.model_dir)
+    restored = checkpoints.restore_newest_readable(trainer.checkpoint, config.model_dir, move_aside=chief, say=say)
     if restored:
-        trainer.checkpoint.restore(restored).assert_existing_objects_matched()
         say(f"resumed from {restored} at step {int(trainer.step.numpy())}")
     write_dir = checkpoint_dir if chief else tempfile.mkdtemp(prefix=f"alexnet_{distribute.worker_id(strategy)}_")
     manager = tf.train.CheckpointManager(trainer.checkpoint, write_dir, max_to_keep=config.keep_checkpoints)
@@ -416,6 +416,8 @@ def train(config, strategy=None, stream=None):
             say(f"already trained {step} steps; held-out top-1 {held_out['top1']:.3f}")
     finally:
         stop.uninstall()
+        if lease:
+            lease.release()
         if not chief:
             shutil.rmtree(write_dir, ignore_errors=True)
 
