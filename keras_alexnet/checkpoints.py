@@ -118,7 +118,7 @@ def read_state(directory):
         if match and match.group(2) is not None:
             fields.setdefault(match.group(1), []).append(match.group(2))
     if not fields.get("model_checkpoint_path"):
-        return [], "names no checkpoint"
+        return [], "empty or names no checkpoint"
     names = fields.get("all_model_checkpoint_paths", []) + fields["model_checkpoint_path"]
     return [name if os.path.isabs(name) or "://" in name else os.path.join(directory, name) for name in names], None
 
@@ -239,11 +239,17 @@ def _rewrite_state(directory, restored, good):
         if tf.io.gfile.exists(state):  # it names only damaged checkpoints: keep it with them
             _move_aside(directory, [state])
         return
+    # CheckpointState in text format, as CheckpointManager writes it (names relative to directory);
+    # written here because tf.compat.v1.train.update_checkpoint_state logs a deprecation warning.
     now = time.time()
-    tf.compat.v1.train.update_checkpoint_state(
-        directory, restored, all_model_checkpoint_paths=good,
-        all_model_checkpoint_timestamps=[now - len(good) + i for i in range(len(good))],
-        last_preserved_timestamp=now - len(good) - 1)
+    lines = [f'model_checkpoint_path: "{os.path.basename(restored)}"']
+    lines += [f'all_model_checkpoint_paths: "{os.path.basename(prefix)}"' for prefix in good]
+    lines += [f"all_model_checkpoint_timestamps: {now - len(good) + i:.6f}" for i in range(len(good))]
+    lines.append(f"last_preserved_timestamp: {now - len(good) - 1:.6f}")
+    tmp = state + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    tf.io.gfile.rename(tmp, state, overwrite=True)
 
 
 def restore_model(model_dir, checkpoint=None):

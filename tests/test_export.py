@@ -88,6 +88,33 @@ def test_a_version_taken_meanwhile_is_not_overwritten(tmp_path, monkeypatch):
         export._move_into_place(str(tmp_path / ".tmp-export-y"), str(tmp_path), 2)
 
 
+def test_a_version_taken_between_the_check_and_the_rename_is_not_overwritten(tmp_path, monkeypatch):
+    # The race rename(overwrite=False) cannot see: its existence check passes, then another export
+    # renames its version 1 into place before this rename runs, which then meets a folder that is
+    # not empty ("Directory not empty", FailedPreconditionError) and must take the next number.
+    staging = tmp_path / ".tmp-export-x"
+    staging.mkdir()
+    (staging / "saved_model.pb").write_bytes(b"second")
+    other = tmp_path / ".tmp-export-other"
+    other.mkdir()
+    (other / "saved_model.pb").write_bytes(b"first")
+    real_rename = tf.io.gfile.rename
+    raced = []
+
+    def rename_after_another_export(src, dst, overwrite=False):
+        if not raced:
+            raced.append(dst)
+            os.rename(other, dst)  # the other export wins version 1 just now
+            return real_rename(src, dst, overwrite=True)  # this one's check already passed
+        return real_rename(src, dst, overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "rename", rename_after_another_export)
+    assert export._move_into_place(str(staging), str(tmp_path), None) == str(tmp_path / "2")
+    assert raced == [str(tmp_path / "1")]
+    assert (tmp_path / "1" / "saved_model.pb").read_bytes() == b"first"
+    assert (tmp_path / "2" / "saved_model.pb").read_bytes() == b"second"
+
+
 def test_staging_folder_is_removed_when_export_fails(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
