@@ -141,14 +141,15 @@ class RunLease:
     def _beat(self):
         while not self._stop.wait(self.heartbeat_seconds):
             try:
-                holder = read_lease(self.path)
-                if holder is None or holder["token"] != self.token:
-                    # Another run judged this one gone and took over (a heartbeat that stalled
-                    # for stale_seconds): say so once, and do not write over its lease.
-                    self._say(f"warning: lost the lease of {self.model_dir} to another run "
-                              f"({describe(holder) if holder else 'lease removed'}).")
-                    return
-                self._write()
+                with _exclusive(self.model_dir):  # a run taking over waits: no write over its claim
+                    holder = read_lease(self.path)
+                    if holder is None or holder["token"] != self.token:
+                        # Another run judged this one gone and took over (this process stood still
+                        # for stale_seconds: SIGSTOP, a suspended VM): say so, and leave its lease.
+                        self._say(f"warning: lost the lease of {self.model_dir} to another run "
+                                  f"({describe(holder) if holder else 'lease removed'}).")
+                        return
+                    self._write()
             except (OSError, tf.errors.OpError):
                 pass  # a passing filesystem error: the next beat tries again
 

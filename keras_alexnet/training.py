@@ -285,6 +285,8 @@ def train(config, strategy=None, stream=None):
     the step reached, the export path (chief only) and the trained Keras model ("model").
     Raises UsageError for bad input (before any work), TrainingDiverged on a NaN loss and
     Preempted after SIGTERM or Ctrl-C (both after keeping the last good checkpoint).
+    The chief holds model_dir's lease (keras_alexnet.run_lease) while it trains: UsageError when
+    another live run holds it. Resuming skips unreadable checkpoints (checkpoints.restore_newest_readable).
 
     TensorBoard (model_dir/logs): train/ loss, top1, top5, learning_rate and images_per_sec,
     each the mean over the steps since the previous point, every `log_steps` steps and at each

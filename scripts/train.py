@@ -4,9 +4,11 @@
     python scripts/train.py --dataset tfds:imagenet2012 --data_dir ~/tensorflow_datasets \
         --image_size 227 --batch_size 128 --epochs 90 --model_dir runs/imagenet
 
-Rerunning the same command resumes from the newest checkpoint in --model_dir. SIGTERM (a
-preemption notice) or Ctrl-C saves a checkpoint and stops (exit 143 or 130); Ctrl-C twice stops
-at once.
+Rerunning the same command resumes from the newest readable checkpoint in --model_dir (damaged
+ones are skipped with a warning and moved to checkpoints/damaged/). SIGTERM (a preemption notice)
+or Ctrl-C saves a checkpoint and stops (exit 143 or 130); Ctrl-C twice stops at once. One run
+at a time per --model_dir: a second one while the first lives is refused (exit 2); the lease of
+a run that died is taken over.
 """
 
 import sys
