@@ -110,7 +110,7 @@ class RunLease:
                           f"({describe(holder)}; {reason}).")
             self.since = time.time()
             self._write()
-        if _claims_need_settling(self.model_dir):
+        if claims_need_settling(self.model_dir):
             time.sleep(self.settle_seconds)  # no lock here: the last writer wins; see who did
             holder = read_lease(self.path)
             if holder is None or holder["token"] != self.token:
@@ -229,7 +229,7 @@ def _is_local(path):
     return "://" not in path or path.startswith("file://")
 
 
-def _claims_need_settling(path):
+def claims_need_settling(path):
     """Whether two processes may write claims at once where no lock orders them: shared
     filesystems without locks (gs://, s3://, hdfs://), not local folders (flock) nor ram://
     (TensorFlow's in-memory filesystem is seen by this process only)."""

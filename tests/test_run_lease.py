@@ -91,7 +91,7 @@ def test_without_locks_the_last_claim_wins(monkeypatch):
     # gs:// has no locks: a run writes its claim, waits, and reads it back. Here another run's
     # claim lands while this one waits (as the later writer of two started together).
     model_dir = f"ram://lease-{os.getpid()}/run"
-    monkeypatch.setattr(run_lease, "_claims_need_settling", lambda path: True)
+    monkeypatch.setattr(run_lease, "claims_need_settling", lambda path: True)
     monkeypatch.setattr(run_lease.time, "sleep", lambda seconds: write_holder(model_dir, host="worker-1", pid=9))
     with pytest.raises(UsageError, match="host worker-1, process 9"):
         run_lease.acquire(model_dir)
