@@ -168,9 +168,13 @@ def restore_newest_readable(checkpoint, model_dir, *, partial=False, move_aside=
 
     listed = "; ".join(name for name, _ in damaged)
     if move_aside:
-        destination = _move_aside(directory, [path for _, files in damaged for path in files])
-        good = [p for p in reversed(prefixes) if p == restored or (restored and _older(p, restored))]
-        _rewrite_state(directory, restored, [p for p in good if tf.io.gfile.exists(p + ".index")])
+        files = [path for _, paths in damaged for path in paths]
+        if restored is None:  # the state file names only damaged checkpoints: it goes with them
+            files.append(os.path.join(directory, STATE_FILE))
+        destination = _move_aside(directory, sorted(set(files)))
+        if restored:
+            good = [p for p in reversed(prefixes) if _step(p) <= _step(restored) and tf.io.gfile.exists(p + ".index")]
+            _rewrite_state(directory, restored, good)
         kept = f"moved to {destination} (kept, not deleted)" if destination else "nothing to move"
     else:
         kept = "left in place"
@@ -182,10 +186,6 @@ def restore_newest_readable(checkpoint, model_dir, *, partial=False, move_aside=
 
 def _warn(message):
     print(message, file=sys.stderr, flush=True)
-
-
-def _older(prefix, than):
-    return _step(prefix) < _step(than)
 
 
 def _step(prefix):
@@ -230,15 +230,11 @@ def _move_aside(directory, files):
 
 
 def _rewrite_state(directory, restored, good):
-    """The state file listing the `good` checkpoints (oldest first), or none when there is none.
+    """Write the state file: `restored` the latest, the `good` checkpoints (oldest first) listed.
 
     The timestamps make CheckpointManager count them among the `max_to_keep` it keeps and rotates
     (without timestamps it would keep them for ever); the state file is written atomically."""
     state = os.path.join(directory, STATE_FILE)
-    if restored is None:
-        if tf.io.gfile.exists(state):  # it names only damaged checkpoints: keep it with them
-            _move_aside(directory, [state])
-        return
     # CheckpointState in text format, as CheckpointManager writes it (names relative to directory);
     # written here because tf.compat.v1.train.update_checkpoint_state logs a deprecation warning.
     now = time.time()

@@ -97,15 +97,15 @@ class RunLease:
 
     def acquire(self):
         tf.io.gfile.makedirs(self.model_dir)
+        earlier = _HELD.pop(self.path, None)
+        if earlier is not None:  # left by an earlier train() in this process: stop its heartbeat
+            earlier._stop_heartbeat()  # (before taking the lock, which that heartbeat may wait for)
         with _exclusive(self.model_dir):
             holder = read_lease(self.path)
             if holder is not None:
                 reason = stale_reason(holder, self.stale_seconds)
                 if reason is None:
                     raise UsageError(self._held_message(holder))
-                earlier = _HELD.pop(self.path, None)
-                if earlier is not None:  # ours, left running by an earlier train() in this process
-                    earlier._stop_heartbeat()
                 self._say(f"warning: taking over the lease of {self.model_dir} from a run that is gone "
                           f"({describe(holder)}; {reason}).")
             self.since = time.time()
@@ -164,7 +164,7 @@ class RunLease:
         tf.io.gfile.rename(tmp, self.path, overwrite=True)
 
     def _held_message(self, holder):
-        age = time.time() - holder.get("heartbeat", time.time())
+        age = max(0.0, time.time() - holder.get("heartbeat", time.time()))
         return (f"--model_dir={self.model_dir} is in use by another training run ({describe(holder)}, "
                 f"last heartbeat {age:.0f} s ago): wait for it to end or stop it, or pass another --model_dir. "
                 f"A run that died is taken over by the next one (at once on its own machine, after "
@@ -204,15 +204,18 @@ def _pid_running(pid):
     """Whether a process with this id runs on this machine (a zombie, killed but not yet reaped by
     its parent, does not count)."""
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        pid = int(pid)
+        if pid <= 0:
+            return False
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except (ProcessLookupError, TypeError, ValueError, OverflowError):
         return False
-    except (PermissionError, TypeError, ValueError, OverflowError):
-        return not isinstance(pid, int) or pid > 0  # another user's process, or a record to keep
+    except PermissionError:
+        return True  # it exists, as another user's process
     try:
-        with open(f"/proc/{int(pid)}/stat") as f:
+        with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+    except (OSError, IndexError):
         return True  # no /proc (macOS): os.kill said it exists
 
 
