@@ -178,8 +178,10 @@ def restore_newest_readable(checkpoint, model_dir, *, partial=False, move_aside=
         kept = f"moved to {destination} (kept, not deleted)" if destination else "nothing to move"
     else:
         kept = "left in place"
-    outcome = (f"resuming from {os.path.basename(restored)}" if restored else
-               "no readable checkpoint left: starting from step 0")
+    if restored:
+        outcome = f"{'resuming from' if move_aside else 'using'} {os.path.basename(restored)}"
+    else:
+        outcome = "no readable checkpoint left: starting from step 0" if move_aside else "no readable checkpoint"
     (say or _warn)(f"warning: skipped unreadable checkpoint files in {directory}: {listed}; {kept}; {outcome}.")
     return restored
 
