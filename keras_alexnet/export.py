@@ -23,6 +23,7 @@ convolution, ../shared/PLATFORM.md).
 """
 
 import os
+import time
 import uuid
 
 import keras
@@ -31,6 +32,7 @@ import tensorflow as tf
 
 from keras_alexnet import augment
 from keras_alexnet.errors import UsageError
+from keras_alexnet.run_lease import SETTLE_SECONDS, claims_need_settling
 
 SERVING_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "predict_images"
@@ -214,17 +216,66 @@ def existing_versions(export_base):
 
 
 def _move_into_place(staging, export_base, version):
+    """Rename the finished `staging` folder to export_base/<version> (the next free one if None).
+
+    The rename claims the version number: a local rename of a folder is atomic, and it fails when
+    the target exists -- overwrite=False checks first (AlreadyExistsError), and when another export
+    renames its folder into place between that check and this rename, rename(2) itself refuses to
+    replace a folder that is not empty (FailedPreconditionError, "Directory not empty"). Either way
+    the number is taken, and the next one is tried. So two exports at once never share a version.
+    On object stores the number is claimed first (`_claim_version`).
+    """
+    taken = 0  # version numbers another export claimed while this one tried them
     while True:
-        target_version = version if version is not None else max(existing_versions(export_base), default=0) + 1
+        target_version = version if version is not None else max(existing_versions(export_base) + [taken], default=0) + 1
         target = os.path.join(export_base, str(target_version))
+        claimed = claims_need_settling(export_base)
+        if claimed and not _claim_version(export_base, target_version):
+            if version is not None:
+                raise UsageError(f"another export is writing {target}: pass another --version.")
+            taken = target_version
+            continue
         try:
-            # A local rename of a folder is atomic; overwrite=False refuses an existing version.
             tf.io.gfile.rename(staging, target, overwrite=False)
             return target
-        except tf.errors.AlreadyExistsError:
+        except (tf.errors.AlreadyExistsError, tf.errors.FailedPreconditionError):
+            if not tf.io.gfile.exists(target):
+                raise  # not a version taken meanwhile
             if version is not None:
                 raise UsageError(f"{target} exists: versions are never overwritten; pass another --version.") from None
             # Another export took this number in the meantime: take the next one.
+        finally:
+            if claimed:
+                _drop_claim(export_base, target_version)
+
+
+def _claim_file(export_base, version):
+    return os.path.join(export_base, f".claim-{version}")
+
+
+def _claim_version(export_base, version, settle_seconds=SETTLE_SECONDS):
+    """On object stores (gs://), where renaming a folder copies object by object and nothing is
+    atomic, claim a version number before moving into it: write a claim file, wait, read it back;
+    of several exports claiming at once the last writer wins and the others try the next number
+    (run_lease does the same for model_dir). False when another export holds the claim."""
+    claim = _claim_file(export_base, version)
+    if tf.io.gfile.exists(claim) or tf.io.gfile.exists(os.path.join(export_base, str(version))):
+        return False
+    token = uuid.uuid4().hex
+    tmp = f"{claim}.{token}.tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(token)
+    tf.io.gfile.rename(tmp, claim, overwrite=True)
+    time.sleep(settle_seconds)
+    with tf.io.gfile.GFile(claim) as f:
+        return f.read() == token
+
+
+def _drop_claim(export_base, version):
+    try:
+        tf.io.gfile.remove(_claim_file(export_base, version))
+    except tf.errors.NotFoundError:
+        pass
 
 
 def default_warmup_images():

@@ -79,12 +79,28 @@ class RunLog:
     def epoch(self, record):
         if not self.enabled:
             return
-        lines = []
-        if tf.io.gfile.exists(self.history_path):  # a resumed run's earlier epochs
-            with tf.io.gfile.GFile(self.history_path) as f:
-                lines = f.read().splitlines()
+        lines = [json.dumps(earlier, sort_keys=True) for earlier in read_history_records(self.history_path)]
         lines.append(json.dumps(record, sort_keys=True))
         tmp = self.history_path + ".tmp"
         with tf.io.gfile.GFile(tmp, "w") as f:
             f.write("\n".join(lines) + "\n")
         tf.io.gfile.rename(tmp, self.history_path, overwrite=True)
+
+
+def read_history_records(path):
+    """The JSON objects of a history.jsonl (any TensorFlow filesystem), in file order; [] when there
+    is none. A line that is not JSON -- the torn last line of a file cut short by a full disk or a
+    copy that stopped, or written by an older version that appended -- is skipped, not fatal."""
+    if not tf.io.gfile.exists(path):
+        return []
+    with tf.io.gfile.GFile(path, "rb") as f:
+        text = f.read().decode("utf-8", errors="replace")
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records

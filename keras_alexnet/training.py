@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, optimization, recipes
+from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, optimization, recipes, run_lease
 from keras_alexnet.errors import UsageError
 from keras_alexnet.logs import Progress, RunLog
 from keras_alexnet.model import VARIANTS, INITS, min_input_size
@@ -300,6 +300,8 @@ def train(config, strategy=None, stream=None):
     the step reached, the export path (chief only) and the trained Keras model ("model").
     Raises UsageError for bad input (before any work), TrainingDiverged on a NaN loss and
     Preempted after SIGTERM or Ctrl-C (both after keeping the last good checkpoint).
+    The chief holds model_dir's lease (keras_alexnet.run_lease) while it trains: UsageError when
+    another live run holds it. Resuming skips unreadable checkpoints (checkpoints.restore_newest_readable).
 
     TensorBoard (model_dir/logs): train/ loss, top1, top5, learning_rate and images_per_sec,
     each the mean over the steps since the previous point, every `log_steps` steps and at each
@@ -317,12 +319,12 @@ def train(config, strategy=None, stream=None):
     keras.mixed_precision.set_global_policy(config.precision)
     chief = distribute.is_chief(strategy)
     say = (lambda message: print(message, file=stream, flush=True)) if chief else (lambda message: None)
+    lease = run_lease.acquire(config.model_dir, stream=stream) if chief else None  # one run per model_dir
 
     trainer = Trainer(config, strategy, info.num_classes)
     checkpoint_dir = checkpoints.checkpoint_dir(config.model_dir)
-    restored = checkpoints.latest_checkpoint(config.model_dir)
+    restored = checkpoints.restore_newest_readable(trainer.checkpoint, config.model_dir, move_aside=chief, say=say)
     if restored:
-        trainer.checkpoint.restore(restored).assert_existing_objects_matched()
         say(f"resumed from {restored} at step {int(trainer.step.numpy())}")
     write_dir = checkpoint_dir if chief else tempfile.mkdtemp(prefix=f"alexnet_{distribute.worker_id(strategy)}_")
     manager = tf.train.CheckpointManager(trainer.checkpoint, write_dir, max_to_keep=config.keep_checkpoints)
@@ -436,6 +438,8 @@ def train(config, strategy=None, stream=None):
             say(f"already trained {step} steps; held-out top-1 {held_out['top1']:.3f}")
     finally:
         stop.uninstall()
+        if lease:
+            lease.release()
         if not chief:
             shutil.rmtree(write_dir, ignore_errors=True)
 

@@ -5,10 +5,13 @@
         --image_size 227 --batch_size 128 --epochs 90 --model_dir runs/imagenet
 
 Flags left unset take a recipe (--recipe, keras_alexnet/recipes.py): the demo's on the built-in
-shapes data, small_data (Adam, warm-up, cosine) under 100,000 training images, the paper's §5
-recipe from there on. Rerunning the same command resumes from the newest checkpoint in --model_dir. SIGTERM (a
-preemption notice) or Ctrl-C saves a checkpoint and stops (exit 143 or 130); Ctrl-C twice stops
-at once.
+shapes data, small_data under 100,000 training images, the paper's §5 recipe from there on.
+Rerunning the same command resumes from the newest readable checkpoint in --model_dir (damaged
+ones are skipped with a warning and moved to checkpoints/damaged/). SIGTERM (a preemption notice)
+or Ctrl-C saves a checkpoint and stops (exit 143 or 130); Ctrl-C twice stops at once. One run
+at a time per --model_dir: a second one while the first lives is refused (exit 2); the lease of
+a run that died is taken over. A run whose held-out top-1 ends within noise of chance exports
+nothing and exits 3.
 """
 
 import sys

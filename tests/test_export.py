@@ -88,6 +88,60 @@ def test_a_version_taken_meanwhile_is_not_overwritten(tmp_path, monkeypatch):
         export._move_into_place(str(tmp_path / ".tmp-export-y"), str(tmp_path), 2)
 
 
+def test_a_version_taken_between_the_check_and_the_rename_is_not_overwritten(tmp_path, monkeypatch):
+    # The race rename(overwrite=False) cannot see: its existence check passes, then another export
+    # renames its version 1 into place before this rename runs, which then meets a folder that is
+    # not empty ("Directory not empty", FailedPreconditionError) and must take the next number.
+    staging = tmp_path / ".tmp-export-x"
+    staging.mkdir()
+    (staging / "saved_model.pb").write_bytes(b"second")
+    other = tmp_path / ".tmp-export-other"
+    other.mkdir()
+    (other / "saved_model.pb").write_bytes(b"first")
+    real_rename = tf.io.gfile.rename
+    raced = []
+
+    def rename_after_another_export(src, dst, overwrite=False):
+        if not raced:
+            raced.append(dst)
+            os.rename(other, dst)  # the other export wins version 1 just now
+            return real_rename(src, dst, overwrite=True)  # this one's check already passed
+        return real_rename(src, dst, overwrite)
+
+    monkeypatch.setattr(tf.io.gfile, "rename", rename_after_another_export)
+    assert export._move_into_place(str(staging), str(tmp_path), None) == str(tmp_path / "2")
+    assert raced == [str(tmp_path / "1")]
+    assert (tmp_path / "1" / "saved_model.pb").read_bytes() == b"first"
+    assert (tmp_path / "2" / "saved_model.pb").read_bytes() == b"second"
+
+
+def test_on_object_stores_a_version_is_claimed_before_the_move(monkeypatch):
+    # gs:// renames a folder object by object: two exports moving into one number would mix their
+    # files. Each claims the number first (write, wait, read back: the last writer wins); here
+    # another export's claim on version 1 lands while this one waits, so this one takes 2.
+    base = f"ram://exports-{os.getpid()}/alexnet"
+    staging = f"{base}/.tmp-export-x"
+    tf.io.gfile.makedirs(staging)
+    with tf.io.gfile.GFile(f"{staging}/saved_model.pb", "w") as f:
+        f.write("mine")
+    monkeypatch.setattr(export, "claims_need_settling", lambda path: True)
+    waits = []
+
+    def another_export_claims_meanwhile(seconds):
+        waits.append(seconds)
+        if len(waits) == 1:
+            tf.io.gfile.remove(f"{base}/.claim-1")
+            with tf.io.gfile.GFile(f"{base}/.claim-1", "w") as f:
+                f.write("the other export")
+
+    monkeypatch.setattr(export.time, "sleep", another_export_claims_meanwhile)
+    assert export._move_into_place(staging, base, None) == f"{base}/2"
+    assert len(waits) == 2
+    # Version 2 is in place (ram:// renames a folder's own entry, not its files, so only its name
+    # is checked) and this export's claim on it is gone; the claim on 1 is the other export's.
+    assert sorted(name.rstrip("/") for name in tf.io.gfile.listdir(base)) == [".claim-1", "2"]
+
+
 def test_staging_folder_is_removed_when_export_fails(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")

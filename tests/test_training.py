@@ -1,6 +1,7 @@
 """The training engine under each strategy, checkpoints that survive SIGKILL/SIGTERM, bad input."""
 
 import functools
+import io
 import json
 import os
 import pathlib
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_alexnet import distribute, recipes
+from keras_alexnet import checkpoints, distribute, recipes
 from keras_alexnet.errors import UsageError
 from keras_alexnet.training import Trainer, TrainConfig, TrainingDiverged, check_config, train
 
@@ -143,6 +144,32 @@ def test_restart_resumes_and_finishes(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes(tmp_path, capsys):
+    # The issue's case (#14): the newest checkpoint's data file cut to 1,000 bytes (a full disk, a
+    # preempted copy), an older one intact beside it, and history.jsonl with a torn last line.
+    config = TrainConfig(**{**TINY, "epochs": 2, "checkpoint_steps": 1}, model_dir=str(tmp_path), strategy="default")
+    train(dataclass_replace(config, epochs=1))  # ckpt-1, ckpt-2
+    data = tmp_path / "checkpoints" / "ckpt-2.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:1000])
+    history = tmp_path / "history.jsonl"
+    history.write_text(history.read_text() + '{"epoch": 2, "step": 4, "val_t')
+    # A reader (evaluate, export) skips it too, and moves nothing.
+    checkpoints.restore_model(str(tmp_path))
+    assert "ckpt-2 (Read less bytes than requested); left in place" in capsys.readouterr().err and data.exists()
+
+    out = io.StringIO()
+    assert train(config, stream=out)["step"] == 4
+    warnings = [line for line in out.getvalue().splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "ckpt-2 (Read less bytes than requested)" in warnings[0], out.getvalue()
+    assert f"resumed from {tmp_path / 'checkpoints' / 'ckpt-1'} at step 1" in out.getvalue()
+    (aside,) = (tmp_path / "checkpoints" / "damaged").iterdir()
+    assert sorted(p.name for p in aside.iterdir()) == ["ckpt-2.data-00000-of-00001", "ckpt-2.index"]
+    assert (aside / "ckpt-2.data-00000-of-00001").stat().st_size == 1000  # kept as it was
+    assert tf.train.latest_checkpoint(tmp_path / "checkpoints").endswith("ckpt-4")
+    assert [json.loads(line)["epoch"] for line in history.read_text().splitlines()] == [1, 1, 2]  # torn line dropped
+    assert not (tmp_path / "lease.json").exists()
+
+
 def dataclass_replace(config, **changes):
     import dataclasses
 
@@ -177,6 +204,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingDiverged, match="ckpt-2"):
         train(dataclass_replace(good, epochs=3, learning_rate=1e12))
     assert tf.train.latest_checkpoint(tmp_path / "checkpoints").endswith("ckpt-2")
+    assert not (tmp_path / "lease.json").exists()  # released after an exception too
 
 
 @pytest.mark.parametrize(
