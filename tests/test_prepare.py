@@ -281,3 +281,29 @@ def test_script_bad_flags_are_one_line_and_exit_2(args, message):
     process = _script(*args)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_training_with_mean_channel_records_it_and_exports_it(prepared, tmp_path):
+    from keras_alexnet import export, training
+
+    _, out, _, manifest = prepared
+    config = training.TrainConfig(dataset=f"tfrecord:{out}?mean=channel", image_size=67, batch_size=4, epochs=1,
+                                  steps_per_epoch=1, precision="float32", xla=False, strategy="default",
+                                  model_dir=str(tmp_path / "run"), export_dir=str(tmp_path / "export"))
+    result = training.train(config)
+    assert json.load(open(tmp_path / "run" / "config.json"))["mean_rgb"] == manifest["mean_rgb"]
+    jpeg = _photo_jpeg(7)
+    view = augment.center_view(augment.decode_image(jpeg), 67, np.array(manifest["mean_rgb"], np.float32))
+    expected = tf.nn.softmax(result["model"](view[None], training=False)).numpy()
+    serve = tf.saved_model.load(result["export_path"]).signatures[export.SERVING_SIGNATURE]
+    got = serve(**{export.IMAGE_BYTES_INPUT: tf.constant([jpeg])})["probabilities"].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_input_benchmark_reads_the_prepared_shards(prepared):
+    from keras_alexnet import benchmarks
+
+    source, out, _, _ = prepared
+    result = benchmarks.input_benchmark(image_dir=source, dataset=f"tfrecord:{out}", batch_size=4, num_batches=2, runs=1)
+    assert result["images_per_sec_per_core"] > 0 and result["decode_images_per_sec_per_core"] > 0
+    assert result["source_images"].endswith(f"pipeline reads tfrecord:{out}")
