@@ -300,10 +300,11 @@ def test_training_with_mean_channel_records_it_and_exports_it(prepared, tmp_path
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_input_benchmark_reads_the_prepared_shards(prepared):
+def test_input_benchmark_reads_the_prepared_shards(prepared, tmp_path):
     from keras_alexnet import benchmarks
 
-    source, out, _, _ = prepared
+    out, source = prepared[1], str(tmp_path / "photos")
+    _make_folder(source, {"train": 2})  # the plain decode's files (the prepared source has a broken one)
     result = benchmarks.input_benchmark(image_dir=source, dataset=f"tfrecord:{out}", batch_size=4, num_batches=2, runs=1)
     assert result["images_per_sec_per_core"] > 0 and result["decode_images_per_sec_per_core"] > 0
     assert result["source_images"].endswith(f"pipeline reads tfrecord:{out}")
