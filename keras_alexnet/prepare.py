@@ -350,7 +350,11 @@ def write_shard(task, progress=None):
     for stale in tf.io.gfile.glob(_join(task.output_dir, f".{name}.tmp-*")):  # from a killed run of this worker
         tf.io.gfile.remove(stale)
     remote = "://" in task.output_dir
-    tmp = tempfile.mkstemp(prefix=f".{name}.tmp-")[1] if remote else _join(task.output_dir, f".{name}.tmp-{os.getpid()}")
+    if remote:  # written and hashed locally, then copied
+        handle, tmp = tempfile.mkstemp(prefix=f".{name}.tmp-")
+        os.close(handle)
+    else:
+        tmp = _join(task.output_dir, f".{name}.tmp-{os.getpid()}")
     record = {"shard": name, "examples": 0, "per_class": {}, "skipped": [], "pixel_sum": [0.0, 0.0, 0.0], "pixels": 0}
     mean_sum = np.zeros([task.size, task.size, 3], np.float64) if task.split == "train" else None
     pixel_sum = np.zeros(3, np.float64)
@@ -610,12 +614,20 @@ def check_shards(directory, manifest, split, files, checksums=False):
 
     listed = manifest.get("splits", {}).get(split, {}).get("shards", {})
     found = {os.path.basename(f): f for f in files}
-    for name, entry in sorted(listed.items()):
-        path = found.get(name)
-        if path is None:
+    for name in sorted(listed):
+        if name not in found:
             raise UsageError(f"shard {_join(directory, name)} is missing ({MANIFEST} lists {len(listed)} {split} shards); "
                              "rerun the scripts/prepare_data.py command that wrote it")
-        size = os.path.getsize(path) if "://" not in path else tf.io.gfile.stat(path).length
+    names = sorted(listed)
+    if files and "://" in files[0]:  # object stores: one request per stat, made in parallel
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(32) as pool:
+            sizes = list(pool.map(lambda n: tf.io.gfile.stat(found[n]).length, names))
+    else:
+        sizes = [os.path.getsize(found[n]) for n in names]
+    for name, size in zip(names, sizes):
+        path, entry = found[name], listed[name]
         if size != entry["bytes"]:
             raise UsageError(f"shard {path} is truncated or changed: {size} bytes, {MANIFEST} says {entry['bytes']}; "
                              "delete it and rerun the scripts/prepare_data.py command that wrote it")

@@ -260,7 +260,7 @@ def test_sigkill_then_the_same_command_resumes_and_keeps_finished_shards(tmp_pat
     process.communicate()
     kept = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in os.listdir(out) if n.startswith(("train-", "valid"))}
     assert 1 <= len(kept) < 33 and not os.path.exists(os.path.join(out, "manifest.json")), kept
-    process = _script(*command)
+    process = _script(*command[:-1], "--num_processes=2")  # the same job, now on a pool of 2 processes
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     assert f"--dataset=tfrecord:{out}" in stdout and "train: 30 examples in 30 shards; 0 files skipped" in stdout
@@ -308,3 +308,18 @@ def test_input_benchmark_reads_the_prepared_shards(prepared, tmp_path):
     result = benchmarks.input_benchmark(image_dir=source, dataset=f"tfrecord:{out}", batch_size=4, num_batches=2, runs=1)
     assert result["images_per_sec_per_core"] > 0 and result["decode_images_per_sec_per_core"] > 0
     assert result["source_images"].endswith(f"pipeline reads tfrecord:{out}")
+
+
+def test_output_on_a_tensorflow_filesystem(tmp_path):
+    """ram:// stands in for gs://: the shards, the manifest and the check go through tf.io.gfile."""
+    source, out = str(tmp_path / "photos"), f"ram://prepare_{os.getpid()}/records"
+    expected = _make_folder(source, {"train": 2, "val": 1})
+    manifest = prepare.prepare(prepare.list_folder(source), out, num_shards={"train": 2, "validation": 1})
+    assert manifest["splits"]["train"]["num_examples"] == 6
+    assert sorted(r[:2] for r in _records(tf.io.gfile.glob(f"{out}/train-*"))) == sorted(expected["train"])
+    assert not tf.io.gfile.glob(f"{out}/.*tmp-*")
+    assert data.dataset_info(f"tfrecord:{out}").num_examples == {"train": 6, "validation": 3}
+    with tf.io.gfile.GFile(f"{out}/validation-00000-of-00001", "wb") as f:
+        f.write(b"truncated")
+    with pytest.raises(UsageError, match="validation-00000-of-00001 is truncated"):
+        data.dataset_info(f"tfrecord:{out}")
