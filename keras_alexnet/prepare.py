@@ -355,10 +355,31 @@ def write_shard(task, progress=None):
         os.close(handle)
     else:
         tmp = _join(task.output_dir, f".{name}.tmp-{os.getpid()}")
-    record = {"shard": name, "examples": 0, "per_class": {}, "skipped": [], "pixel_sum": [0.0, 0.0, 0.0], "pixels": 0}
-    mean_sum = np.zeros([task.size, task.size, 3], np.float64) if task.split == "train" else None
+    record, mean_sum = _write_records(task, tmp, progress)
+    record.update(shard=name, bytes=os.path.getsize(tmp), sha256=_sha256(tmp))
+    if mean_sum is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, mean_sum)
+        _write_file(_join(task.output_dir, f"{STATE_DIR}/{name}.mean.npy"), buffer.getvalue())
+    _write_file(record_path, json.dumps(record).encode())
+    if remote:
+        remote_tmp = _join(task.output_dir, f".{name}.tmp-{os.getpid()}")
+        tf.io.gfile.copy(tmp, remote_tmp, overwrite=True)
+        os.remove(tmp)
+        tmp = remote_tmp
+    tf.io.gfile.rename(tmp, final, overwrite=True)  # the shard is complete once it has its name
+    return record
+
+
+def _write_records(task, path, progress):
+    """The shard's TFRecords at `path`; returns its record (counts, skipped files, pixel sums)
+    and, for training shards, the per-pixel sum of the central size x size patches (§2's mean)."""
+    import tensorflow as tf
+
+    record = {"examples": 0, "per_class": {}, "skipped": [], "pixels": 0}
     pixel_sum = np.zeros(3, np.float64)
-    with tf.io.TFRecordWriter(tmp) as writer:
+    mean_sum = np.zeros([task.size, task.size, 3], np.float64) if task.split == "train" else None
+    with tf.io.TFRecordWriter(path) as writer:
         for example in task.examples:
             try:
                 image = resize(Image.open(io.BytesIO(example.read())), task.resize_mode, task.size)
@@ -371,26 +392,15 @@ def write_shard(task, progress=None):
                 writer.write(encode_example(buffer.getvalue(), pixels.shape[0], pixels.shape[1], example.label,
                                             task.class_names[example.label], task.class_texts[example.label], example.name))
                 record["examples"] += 1
-                key = str(example.label)
-                record["per_class"][key] = record["per_class"].get(key, 0) + 1
+                record["per_class"][str(example.label)] = record["per_class"].get(str(example.label), 0) + 1
                 if mean_sum is not None:
                     pixel_sum += pixels.sum(axis=(0, 1), dtype=np.float64)
                     record["pixels"] += pixels.shape[0] * pixels.shape[1]
                     mean_sum += _central(pixels, task.size)
             if progress:
                 progress(1)
-    record["bytes"], record["sha256"], record["pixel_sum"] = os.path.getsize(tmp), _sha256(tmp), pixel_sum.tolist()
-    if mean_sum is not None:
-        buffer = io.BytesIO()
-        np.save(buffer, mean_sum)
-        _write_file(_join(task.output_dir, f"{STATE_DIR}/{name}.mean.npy"), buffer.getvalue())
-    _write_file(record_path, json.dumps(record).encode())
-    if remote:
-        tf.io.gfile.copy(tmp, _join(task.output_dir, f".{name}.tmp-{os.getpid()}"), overwrite=True)
-        os.remove(tmp)
-        tmp = _join(task.output_dir, f".{name}.tmp-{os.getpid()}")
-    tf.io.gfile.rename(tmp, final, overwrite=True)
-    return record
+    record["pixel_sum"] = pixel_sum.tolist()
+    return record, mean_sum
 
 
 def _central(pixels, size):
@@ -536,6 +546,30 @@ def prepare(plan, output_dir, *, num_shards=None, resize_mode="paper", size=SIZE
     return finalize(output_dir, missing_ok=True)
 
 
+def _missing_shards(output_dir, shards):
+    """Shards without their record in .prepare/ or without their final file (two listings)."""
+    import tensorflow as tf
+
+    present = {os.path.basename(p) for p in tf.io.gfile.glob(_join(output_dir, f"{STATE_DIR}/*.json"))}
+    present |= {os.path.basename(p) for split in shards for p in tf.io.gfile.glob(_join(output_dir, f"{split}-*"))}
+    return [name for names in shards.values() for name in names if name not in present or f"{name}.json" not in present]
+
+
+def _read_all(paths, read):
+    """read(path) for every path, 16 at a time (object stores answer each request slowly)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(read, paths))
+
+
+def _load_npy(path):
+    import tensorflow as tf
+
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return np.load(io.BytesIO(f.read()))
+
+
 def finalize(output_dir, missing_ok=False):
     """Write manifest.json and mean_image.npy once every shard is complete; returns the manifest.
 
@@ -548,11 +582,8 @@ def finalize(output_dir, missing_ok=False):
     if not tf.io.gfile.exists(plan_path):
         raise UsageError(f"{output_dir} has no {STATE_DIR}/plan.json: it was not written by scripts/prepare_data.py")
     plan = _read_json(plan_path)
-    present = {os.path.basename(p) for p in tf.io.gfile.glob(_join(output_dir, f"{STATE_DIR}/*.json"))}
     shards = {split: [shard_name(split, i, n) for i in range(n)] for split, n in plan["num_shards"].items()}
-    missing = [name for names in shards.values() for name in names if f"{name}.json" not in present]
-    missing = missing or [name for names in shards.values() for name in names
-                          if not tf.io.gfile.exists(_join(output_dir, name))]
+    missing = _missing_shards(output_dir, shards)
     if missing:
         if missing_ok:
             return None
@@ -561,9 +592,8 @@ def finalize(output_dir, missing_ok=False):
     manifest = {key: plan[key] for key in ("format", "class_names", "class_texts", "resize", "size", "quality",
                                            "label_offset")}
     manifest.update(num_classes=len(plan["class_names"]), splits={}, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    pixel_sum, pixels, mean_sum = np.zeros(3), 0, None
     for split, names in shards.items():
-        records = [_read_json(_join(output_dir, f"{STATE_DIR}/{name}.json")) for name in names]
+        records = _read_all([_join(output_dir, f"{STATE_DIR}/{name}.json") for name in names], _read_json)
         per_class = [0] * len(plan["class_names"])
         for r in records:
             for label, count in r["per_class"].items():
@@ -573,20 +603,15 @@ def finalize(output_dir, missing_ok=False):
             "shards": {r["shard"]: {"examples": r["examples"], "bytes": r["bytes"], "sha256": r["sha256"]} for r in records},
             "skipped": [item for r in records for item in r["skipped"]],
         }
-        if split == "train":
-            pixel_sum = sum((np.array(r["pixel_sum"]) for r in records), pixel_sum)
-            pixels = sum(r["pixels"] for r in records)
-            for name in names:
-                with tf.io.gfile.GFile(_join(output_dir, f"{STATE_DIR}/{name}.mean.npy"), "rb") as f:
-                    part = np.load(io.BytesIO(f.read()))
-                mean_sum = part if mean_sum is None else mean_sum + part
-    if pixels:
-        count = manifest["splits"]["train"]["num_examples"]
-        manifest["mean_rgb"] = (pixel_sum / pixels).round(4).tolist()
-        manifest["mean_image"] = MEAN_IMAGE
-        buffer = io.BytesIO()
-        np.save(buffer, (mean_sum / count).astype(np.float32))
-        _write_file(_join(output_dir, MEAN_IMAGE), buffer.getvalue())
+        if split == "train" and sum(r["pixels"] for r in records):
+            manifest["mean_rgb"] = (sum(np.array(r["pixel_sum"]) for r in records) /
+                                    sum(r["pixels"] for r in records)).round(4).tolist()
+            paths = [_join(output_dir, f"{STATE_DIR}/{n}.mean.npy") for n in names]
+            mean_sum = sum(sum(_read_all(paths[i:i + 64], _load_npy)) for i in range(0, len(paths), 64))  # 1.5 MB each
+            buffer = io.BytesIO()
+            np.save(buffer, (mean_sum / manifest["splits"]["train"]["num_examples"]).astype(np.float32))
+            _write_file(_join(output_dir, MEAN_IMAGE), buffer.getvalue())
+            manifest["mean_image"] = MEAN_IMAGE
     _write_file(_join(output_dir, MANIFEST), json.dumps(manifest, indent=1).encode())
     return manifest
 
