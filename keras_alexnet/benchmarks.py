@@ -110,7 +110,7 @@ def _step_datasets(paths, image_size, batch_size, threads, augmentation, seed):
             .with_options(_threading(threads)).prefetch(2) for name, fn in steps.items()}
 
 
-def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, image_size=227, batch_size=32,
+def input_benchmark(*, image_dir=None, dataset=None, num_images=200, width=500, height=375, image_size=227, batch_size=32,
                     num_batches=20, runs=5, threads=1, augmentation="paper", image_dtype="uint8", seed=0,
                     steps=False):
     """Training input pipeline vs plain decode, images/s, `runs` times; medians and per-run ratios.
@@ -118,6 +118,9 @@ def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, im
     Args:
         image_dir: a folder in the layout `DIR/train/<class>/*.jpg`; None: write `num_images`
             JPEGs of `width` x `height` to a temporary folder.
+        dataset: a dataset string for the training pipeline instead of `folder:image_dir`, e.g.
+            the same photos prepared as "tfrecord:DIR" (scripts/prepare_data.py); the plain decode
+            still reads image_dir's files, the reference.
         threads: tf.data threads for both pipelines (1 gives the per-core rate).
         image_dtype: "uint8" (default): the batches the Trainer gets, uint8 crops and lighting
             shifts; "float32": the model's input, finished on the host (data.make_dataset).
@@ -134,7 +137,7 @@ def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, im
     with tempfile.TemporaryDirectory() as scratch:
         if image_dir is None:
             image_dir = write_jpeg_folder(os.path.join(scratch, "jpegs"), num_images, width, height, seed=seed)
-        pipeline = data.make_dataset(f"folder:{image_dir}", "train", image_size=image_size, batch_size=batch_size,
+        pipeline = data.make_dataset(dataset or f"folder:{image_dir}", "train", image_size=image_size, batch_size=batch_size,
                                      training=True, seed=seed, augmentation=augmentation, image_dtype=image_dtype)
         pipeline = pipeline.with_options(_threading(threads))
         paths = list(data._folder_files(image_dir, "train")[0])
@@ -154,7 +157,7 @@ def input_benchmark(*, image_dir=None, num_images=200, width=500, height=375, im
                 results[-1]["steps_images_per_cpu_sec"] = {
                     "read + full decode (plain)": decode_cpu, **step_rates,
                     "the whole pipeline (make_dataset)": pipeline_cpu}
-        source_images = _describe_images(paths)
+        source_images = _describe_images(paths) + (f"; pipeline reads {dataset}" if dataset else "")
     median = statistics.median
     step_rows = []
     for name in results[0]["steps_images_per_cpu_sec"] if steps else ():

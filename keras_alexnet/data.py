@@ -13,6 +13,11 @@ Dataset strings (`spec`):
                      Options after "?": label_offset (default 1: those scripts write 1..1000,
                      0 is "background"), num_classes (default 1000), e.g.
                      "tfrecord:/data/in/{split}-*?label_offset=0&num_classes=10".
+                     A directory written by scripts/prepare_data.py holds a manifest.json: its
+                     label_offset, num_classes, class names and counts are used, and a listed
+                     shard that is missing or truncated is a UsageError naming it. With
+                     "?mean=channel" the training set's per-channel mean from the manifest is
+                     subtracted instead of the ImageNet mean (§2; docs/imagenet.md).
     "tfds:NAME"      any TFDS image classification dataset, e.g. "tfds:imagenet2012"; read from
                      `data_dir`; if it is not prepared and `manual_dir` is given, it is built
                      from the files there (ImageNet: ILSVRC2012_img_train.tar, _val.tar).
@@ -42,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from keras_alexnet import augment, shapes
+from keras_alexnet import augment, prepare, shapes
 from keras_alexnet.errors import UsageError
 
 SPLITS = ("train", "validation")
@@ -64,6 +69,7 @@ class DatasetInfo:
     num_classes: int
     class_names: list
     num_examples: dict  # split -> number of examples
+    mean_rgb: list = None  # the per-channel mean the pipeline subtracts, when not the ImageNet mean
 
 
 class BadImageLog:
@@ -162,6 +168,11 @@ def dataset_info(spec, data_dir=None, manual_dir=None):
         return DatasetInfo(spec, len(class_names), list(class_names), counts)
     if kind == "tfrecord":
         config = _tfrecord_config(spec)
+        manifest = config["manifest"]
+        if manifest:  # written by scripts/prepare_data.py: counts and names without reading the shards
+            counts = {split: _tfrecord_files(config, split) and manifest["splits"][split]["num_examples"]
+                      for split in SPLITS if split in manifest["splits"]}
+            return DatasetInfo(spec, config["num_classes"], list(manifest["class_names"]), counts, config["mean_rgb"])
         counts = {split: _tfrecord_count(config, split) for split in SPLITS if _tfrecord_files(config, split, check=False)}
         return DatasetInfo(spec, config["num_classes"], _tfrecord_class_names(config["num_classes"]), counts)
     builder = _tfds_builder(rest, data_dir, manual_dir)
@@ -237,21 +248,40 @@ def _folder_records(root, split, training, pipeline, seed):
 
 def _tfrecord_config(spec):
     pattern, _, options = spec[len("tfrecord:"):].partition("?")
-    config = {"pattern": os.path.expanduser(pattern), "label_offset": 1, "num_classes": 1000}
+    pattern = os.path.expanduser(pattern)
+    mean = re.search(r"(^|[&,])mean=([^&,]*)", options)
+    if mean and mean.group(2) != "channel":
+        raise UsageError(f"bad option mean={mean.group(2)!r} in {spec!r}; allowed: mean=channel (the manifest's training mean)")
+    options = re.sub(r"(^|[&,])mean=channel", "", options)
+    manifest = prepare.read_manifest(pattern) if _is_dir(pattern) else None
+    config = {"pattern": pattern, "label_offset": 1, "num_classes": 1000, "manifest": manifest, "mean_rgb": None}
+    if manifest:
+        config.update(label_offset=manifest["label_offset"], num_classes=manifest["num_classes"])
     config.update(_parse_options(options, spec, ("label_offset", "num_classes")))
+    if mean:
+        if not manifest or "mean_rgb" not in manifest:
+            raise UsageError(f"{spec!r}: mean=channel needs the manifest.json with the training mean that "
+                             f"scripts/prepare_data.py writes beside the shards; none in {pattern}")
+        config["mean_rgb"] = list(manifest["mean_rgb"])
     return config
+
+
+def _is_dir(path):
+    return tf.io.gfile.isdir(path) if "://" in path else os.path.isdir(path)
 
 
 def _tfrecord_files(config, split, check=True):
     pattern = config["pattern"]
-    if os.path.isdir(pattern):
-        split_pattern = os.path.join(pattern, f"{split}-*")
+    if _is_dir(pattern):
+        split_pattern = pattern.rstrip("/") + f"/{split}-*"
     elif "{split}" in pattern:
         split_pattern = pattern.replace("{split}", split)
     else:
         raise UsageError(f"tfrecord:{pattern} must be a directory holding train-* and validation-* files "
                          "or a pattern with {split} in it, e.g. tfrecord:/data/imagenet/{split}-*")
-    files = sorted(glob.glob(split_pattern))
+    files = sorted(tf.io.gfile.glob(split_pattern) if "://" in split_pattern else glob.glob(split_pattern))
+    if check and config.get("manifest"):
+        prepare.check_shards(pattern, config["manifest"], split, files)
     if check and not files:
         raise UsageError(f"no TFRecord files match {split_pattern}; expected the ImageNet TFRecord layout "
                          "(train-00000-of-01024 ..., validation-00000-of-00128 ...)")
@@ -299,6 +329,7 @@ def _tfrecord_records(config, split, training, pipeline, seed, shuffle_buffer):
     records = file_ds.interleave(
         lambda f: tf.data.TFRecordDataset(f).map(lambda r: (r, tf.constant(-1, tf.int32), f)),
         cycle_length=min(16, len(files)), block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=None if training else True,  # evaluation keeps the record order (module docstring)
     )
     if shard_records:  # fewer files than pipelines: every pipeline reads all, keeps its share
         records = records.shard(num_pipelines, pipeline_id)
@@ -577,11 +608,22 @@ def make_dataset(
     records = records.enumerate().map(
         lambda index, record: record + (tf.stack([tf.constant(seed, tf.int64), pipeline[1] * 2**40 + index]),))
 
+    # mean=channel (tfrecord): the evaluation views subtract it; the training views fold its
+    # difference from the ImageNet mean into their lighting shifts, which finish_views subtracts
+    # with the ImageNet mean (also on the accelerator), giving crops - dataset mean + lighting.
+    dataset_mean = _tfrecord_config(spec)["mean_rgb"] if kind == "tfrecord" else None
+    if dataset_mean is not None and mean_image is not None:
+        raise UsageError(f"{spec!r} asks for the training set's mean (mean=channel): do not pass mean_image as well")
+    if dataset_mean is not None and not training:
+        mean_image = np.array(dataset_mean, np.float32)
+    shift_offset = (np.array(augment.IMAGENET_MEAN_RGB, np.float32) - np.array(dataset_mean, np.float32)
+                    if dataset_mean is not None else np.zeros(3, np.float32))
+
     if training:
         # Only the crop is made per image; the float work happens per batch (finish_views).
         def view(image_bytes, example_seed):
             return (augment.train_crop(image_bytes, image_size, example_seed, augmentation),
-                    augment.lighting_shift(example_seed, augmentation))
+                    augment.lighting_shift(example_seed, augmentation) + shift_offset)
         placeholder = (tf.zeros([image_size, image_size, 3], tf.uint8), tf.zeros([3], tf.float32))
     elif crops == 10:
         def view(image_bytes, example_seed):

@@ -331,6 +331,7 @@ def train(config, strategy=None, stream=None):
     if chief:
         checkpoints.write_config(config.model_dir, {
             **config.to_json(), "num_classes": info.num_classes, "class_names": list(info.class_names),
+            "mean_rgb": info.mean_rgb,  # None: the ImageNet mean; else the dataset's (tfrecord:DIR?mean=channel)
             "num_replicas": strategy.num_replicas_in_sync, "strategy_class": type(strategy).__name__,
         })
     run_log = RunLog(os.path.join(config.model_dir, checkpoints.HISTORY_FILE),
@@ -450,7 +451,8 @@ def train(config, strategy=None, stream=None):
             "learned nothing must not replace a served one (--export_at_chance exports anyway)")
     elif chief and config.export_dir:
         result["export_path"] = export.export_saved_model(
-            trainer.model, config.export_dir, class_names=list(info.class_names), image_size=config.image_size)
+            trainer.model, config.export_dir, class_names=list(info.class_names), image_size=config.image_size,
+            mean_image=info.mean_rgb)
         say(f"exported SavedModel to {result['export_path']}")
     result["model"] = trainer.model
     return result

@@ -22,6 +22,7 @@ Examples:
     python scripts/benchmark.py train --per_layer --runs=3
     python scripts/benchmark.py input --threads=1 --runs=5
     python scripts/benchmark.py input --steps --plot=input_steps.png   # where the time goes
+    python scripts/benchmark.py input --image_dir=DIR --dataset=tfrecord:PREPARED   # prepared shards vs DIR's files
     python scripts/benchmark.py train --noxla --runs=3   # training's default is XLA on
     TF_ENABLE_ONEDNN_OPTS=0 python scripts/benchmark.py train --inter_op_threads=1
 """
@@ -63,6 +64,9 @@ flags.DEFINE_integer("num_images", 200, "input: JPEGs written.")
 flags.DEFINE_integer("width", 500, "input: width of the written JPEGs.")
 flags.DEFINE_integer("height", 375, "input: height of the written JPEGs.")
 flags.DEFINE_string("image_dir", None, "input: use this folder (DIR/train/<class>/*.jpg) instead of writing JPEGs.")
+flags.DEFINE_string("dataset", None, "input: the training pipeline reads this dataset string instead of the folder, e.g. "
+                    "tfrecord:DIR, the same photos prepared by scripts/prepare_data.py (the plain decode still reads "
+                    "--image_dir's files).")
 flags.DEFINE_enum("augmentation", "paper", ["paper", "inception", "none"], "input: training augmentation.")
 flags.DEFINE_enum("image_dtype", "uint8", ["uint8", "float32"],
                   "input: uint8: the batches the Trainer gets (crops; cast, mean and lighting run on the device); "
@@ -92,6 +96,8 @@ def main(argv):
         cli.fail("--steps and --plot are for the input mode.")
     if FLAGS.plot and not FLAGS.steps:
         cli.fail("--plot draws the step breakdown: add --steps.")
+    if FLAGS.dataset and (mode != "input" or FLAGS.steps):
+        cli.fail("--dataset is for the input mode, without --steps.")
     if FLAGS.steps and FLAGS.augmentation == "none":
         cli.fail("--steps needs a random crop: use --augmentation=paper or inception.")
     batch_size = FLAGS.batch_size or BATCH_SIZE[mode]
@@ -122,7 +128,7 @@ def main(argv):
         result = benchmarks.infer_benchmark(latency_calls=FLAGS.latency_calls, **model_flags)
         return print_model_result(result, [result["keras"], result["saved_model"]])
     result = benchmarks.input_benchmark(
-        image_dir=FLAGS.image_dir, num_images=FLAGS.num_images, width=FLAGS.width, height=FLAGS.height,
+        image_dir=FLAGS.image_dir, dataset=FLAGS.dataset, num_images=FLAGS.num_images, width=FLAGS.width, height=FLAGS.height,
         image_size=FLAGS.image_size, batch_size=batch_size, num_batches=num_batches,
         runs=FLAGS.runs, threads=FLAGS.threads, augmentation=FLAGS.augmentation, image_dtype=FLAGS.image_dtype,
         steps=FLAGS.steps,

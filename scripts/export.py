@@ -49,7 +49,7 @@ def main(argv):
     class_names = checkpoints.class_names(config)
     path = export.export_saved_model(
         model, FLAGS.export_base, class_names=class_names, image_size=int(config["image_size"]),
-        version=FLAGS.version, model_name=FLAGS.model_name,
+        version=FLAGS.version, model_name=FLAGS.model_name, mean_image=config.get("mean_rgb"),
     )
     print(path)
 

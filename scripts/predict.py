@@ -34,7 +34,7 @@ def load_predictor():
         return lambda image_bytes: signature(**{export.IMAGE_BYTES_INPUT: image_bytes})
     model, config = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint)
     class_names = checkpoints.class_names(config)
-    return export.ServingModule(model, class_names, int(config["image_size"])).serve_image_bytes
+    return export.ServingModule(model, class_names, int(config["image_size"]), config.get("mean_rgb")).serve_image_bytes
 
 
 def error_line(error):
