@@ -10,8 +10,8 @@ INITS = ("caffe", "paper")
 # Per-layer (kernel std, bias) of each initialization scheme.
 # paper (§5): weights N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6, fc7, else 0.
 # caffe (bvlc_alexnet train_val.prototxt): the same but bias 0.1 instead of 1 and std 0.005 in
-# fc6/fc7. The paper's bias 1 can leave the loss flat at ln(classes) for many epochs
-# (../shared/PAPER.md); Caffe's learns at once, so it is the default.
+# fc6/fc7. The paper's bias 1 can leave the loss flat at ln(classes) for many epochs (README,
+# "Why init="caffe" is the default"); Caffe's learns at once, so it is the default.
 _INIT_TABLE = {
     "paper": {
         "conv1": (0.01, 0.0), "conv2": (0.01, 1.0), "conv3": (0.01, 0.0), "conv4": (0.01, 1.0),
@@ -22,6 +22,12 @@ _INIT_TABLE = {
         "conv5": (0.01, 0.1), "fc6": (0.005, 0.1), "fc7": (0.005, 0.1), "fc8": (0.01, 0.0),
     },
 }
+
+# Both schemes were set for the paper's 227 input, where fc6 sees 6x6x256 = 9,216 numbers. At
+# other sizes fc6's std is scaled by sqrt(9216 / its inputs), so that its outputs start at the
+# scale they have at 227: at 67 px (pool5 1x1, 256 inputs) Caffe's 0.005 alone leaves fc6's output
+# 6x smaller and the run on a long flat start (docs/recipes.md, "The initialization at small inputs").
+FC6_REFERENCE_INPUTS = 6 * 6 * 256
 
 # (filters, kernel, stride, padding) of conv1..conv5 and whether a pool follows.
 _PAPER_CONVS = [(96, 11, 4, 0), (256, 5, 1, 2), (384, 3, 1, 1), (384, 3, 1, 1), (256, 3, 1, 1)]
@@ -86,7 +92,8 @@ def build(
             one-column version of the same net (62,378,344 parameters).
         init: "caffe" (default: N(0, 0.01), std 0.005 in fc6/fc7, biases 0.1 where the paper has 1;
             it learns from the first epoch) or "paper" (§5: N(0, 0.01), biases 1 in conv2, conv4,
-            conv5, fc6, fc7; known to stall at chance for many epochs on small problems).
+            conv5, fc6, fc7; known to stall at chance for many epochs on small problems). Both are
+            defined at 227; at other sizes fc6's std is scaled by sqrt(9216 / fc6's inputs).
         include_top: False returns the pool5 feature map [N, 6, 6, C] at 227.
         classifier_activation: None for logits (the default; use `from_logits=True`) or "softmax".
             fc8 always computes in float32, whatever the mixed-precision policy.
@@ -135,8 +142,10 @@ def build(
     def next_seed():
         return None if seeds is None else int(keras.ops.convert_to_numpy(seeds.next()[0]))
 
-    def initializers(layer_name):
+    def initializers(layer_name, fan_in=None):
         std, bias = _INIT_TABLE[init][layer_name]
+        if fan_in:  # fc6: keep the output scale the table gives at 227 (FC6_REFERENCE_INPUTS)
+            std *= (FC6_REFERENCE_INPUTS / fan_in) ** 0.5
         return {
             "kernel_initializer": keras.initializers.RandomNormal(stddev=std, seed=next_seed()),
             "bias_initializer": keras.initializers.Constant(bias),
@@ -180,14 +189,14 @@ def build(
     x = keras.layers.Flatten(name="flatten")(x)
     if variant == "paper":
         # §4.2: dropout on the outputs of fc6 and fc7 (the inputs of fc7 and fc8).
-        x = keras.layers.Dense(4096, activation="relu", name="fc6", **initializers("fc6"))(x)
+        x = keras.layers.Dense(4096, activation="relu", name="fc6", **initializers("fc6", x.shape[-1]))(x)
         x = keras.layers.Dropout(dropout, seed=next_seed(), name="drop6")(x)
         x = keras.layers.Dense(4096, activation="relu", name="fc7", **initializers("fc7"))(x)
         x = keras.layers.Dropout(dropout, seed=next_seed(), name="drop7")(x)
     else:
         # torchvision's order: dropout before fc6 and before fc7.
         x = keras.layers.Dropout(dropout, seed=next_seed(), name="drop5")(x)
-        x = keras.layers.Dense(4096, activation="relu", name="fc6", **initializers("fc6"))(x)
+        x = keras.layers.Dense(4096, activation="relu", name="fc6", **initializers("fc6", x.shape[-1]))(x)
         x = keras.layers.Dropout(dropout, seed=next_seed(), name="drop6")(x)
         x = keras.layers.Dense(4096, activation="relu", name="fc7", **initializers("fc7"))(x)
     outputs = keras.layers.Dense(

@@ -113,6 +113,14 @@ def test_initialization_statistics(init):
         np.testing.assert_array_equal(bias, np.full_like(bias, biases[name]))
 
 
+@pytest.mark.parametrize("size,pool5", [(67, 1), (99, 2), (227, 6)])
+def test_fc6_init_keeps_its_227_output_scale_at_other_sizes(size, pool5):
+    # fc6's std is scaled by sqrt(9216 / inputs), so std * sqrt(inputs) is Caffe's 0.005 * 96 at every size.
+    fc6 = keras_alexnet.build(num_classes=10, input_shape=(size, size, 3), seed=2).get_layer("fc6").kernel.numpy()
+    assert fc6.shape[0] == pool5 * pool5 * 256
+    assert fc6.std() * np.sqrt(fc6.shape[0]) == pytest.approx(0.005 * 96, rel=0.02)
+
+
 def test_seed_makes_weights_reproducible():
     a = keras_alexnet.build(num_classes=5, input_shape=SMALL, seed=7).get_weights()
     b = keras_alexnet.build(num_classes=5, input_shape=SMALL, seed=7).get_weights()
