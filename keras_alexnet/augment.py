@@ -9,7 +9,7 @@ Conventions (the project's contract):
     - images are RGB; a decoded image is uint8 [H, W, 3];
     - the model's input is float32 [S, S, 3] on the 0..255 scale minus `IMAGENET_MEAN_RGB`
       (no division by a standard deviation: the paper's and Caffe's convention);
-    - the paper rescales the shorter side to 256 and crops 224 (227 in practice, ../PAPER.md);
+    - the paper rescales the shorter side to 256 and crops 224 (227 in practice, docs/paper.md);
       for a smaller input size S the 256 scales in proportion: `scaled_size(S) = round(256*S/227)`.
 
 Training views (`train_view(..., augmentation=...)`):

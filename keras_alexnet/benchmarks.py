@@ -208,7 +208,7 @@ def layer_flops(layer):
 
 def model_flops(model):
     """Forward FLOPs per image of a built model (the sum of `layer_flops`). The paper network at
-    227 with 1000 classes: 1,448,813,632 (724.4 M multiply-adds, ../shared/PAPER.md)."""
+    227 with 1000 classes: 1,448,813,632 (724.4 M multiply-adds, docs/paper.md)."""
     return sum(layer_flops(layer) for layer in model.layers)
 
 

@@ -19,7 +19,7 @@ classes).
 
 The export needs only TensorFlow to load (`tf.saved_model.load`, TF Serving): no Keras, no
 keras_alexnet, no XLA-only function (the model's layers avoid Keras' XLA-wrapped grouped
-convolution, ../shared/PLATFORM.md).
+convolution, docs/platform.md).
 """
 
 import os
@@ -148,7 +148,7 @@ def float32_copy(model):
     """The model with float32 computation and the same weights (itself if it already is).
 
     A model trained under mixed_float16/mixed_bfloat16 would otherwise export float16/bfloat16
-    ops, which CPU servers lack or run slowly (bfloat16 LRN has no CPU kernel, PLATFORM.md).
+    ops, which CPU servers lack or run slowly (bfloat16 LRN has no CPU kernel, docs/platform.md).
     """
     if all(layer.compute_dtype == "float32" for layer in _computing_layers(model)):
         return model

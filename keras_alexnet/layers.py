@@ -1,7 +1,7 @@
 """The two custom layers of the paper's network: LRN (§3.3) and the two-column convolution (§3.2).
 
 Both are written with `keras.ops` only, so they run on every Keras backend, serialize without
-Lambda layers, and put no XLA-only function into a SavedModel (see ../shared/PLATFORM.md).
+Lambda layers, and put no XLA-only function into a SavedModel (docs/platform.md).
 """
 
 import keras

@@ -1,7 +1,7 @@
 """The training engine: one custom loop for every tf.distribute strategy (§5's recipe).
 
 Keras 3 `model.fit` fails under MultiWorkerMirroredStrategy and with steps_per_execution > 1 on
-several replicas (../shared/PLATFORM.md), so this is the loop of TensorFlow's official models:
+several replicas (docs/platform.md), so this is the loop of TensorFlow's official models:
 datasets built per input pipeline with `distribute_datasets_from_function`, an outer
 `tf.function` that runs `steps_per_loop` steps of `strategy.run(replica_step)`, the loss averaged
 over the *global* batch, and (with XLA) the per-replica forward and backward compiled while the
@@ -488,9 +488,9 @@ class ChanceWatch:
         """The flags to change, for the recipe this run uses."""
         rate = self.config.learning_rate
         if self.config.optimizer == "sgd":
-            return (f"Try --recipe=small_data (Adam with warm-up), or --learning_rate={rate * 4:g} with "
-                    "--warmup_epochs=1; docs/recipes.md.")
-        return f"Try --learning_rate={rate / 2:g} and --warmup_epochs={self.config.warmup_epochs + 2:g}; docs/recipes.md."
+            return (f"Try --learning_rate={rate * 4:g} --warmup_epochs=1, or --optimizer=adam --learning_rate=5e-4 "
+                    "--warmup_epochs=3; docs/recipes.md.")
+        return f"Try --learning_rate={rate / 2:g} --warmup_epochs={self.config.warmup_epochs + 2:g}; docs/recipes.md."
 
 
 class StopRequest:

@@ -23,7 +23,7 @@ Supported files (see docs/weights.md for where to get them):
 
 A converted model computes what the source computed, with the package's input contract
 (RGB, 0..255, minus `augment.IMAGENET_MEAN_RGB`), because the conventions travel with it:
-    caffe:       LRN with Caffe's constants (k=1, alpha 1e-4 / local_size 5; PAPER.md §3.3), conv1's
+    caffe:       LRN with Caffe's constants (k=1, alpha 1e-4 / local_size 5; docs/paper.md, §3.3), conv1's
                  kernels reordered from Caffe's BGR to RGB input channels, and an `InputAdapter`
                  that replaces the contract's mean by Caffe's (BGR 104.007, 116.669, 122.679);
     torchvision: an `InputAdapter` that maps the contract's input to torchvision's

@@ -22,8 +22,8 @@ import _cli as cli
 
 flags.DEFINE_enum("recipe", "auto", ["auto", "paper", "small_data", "demo"],
                   "What unset flags mean. auto: demo on shapes, paper (§5: SGD 0.01 x batch/128, plateau /10, decay 5e-4, "
-                  "227 px, batch 128, 90 epochs) for 100,000+ training images, small_data (Adam 5e-4, 3 warm-up epochs, "
-                  "cosine, no decay, batch 32, 30 epochs) under that. docs/recipes.md.")
+                  "227 px, batch 128, 90 epochs) for 100,000+ training images, small_data (SGD 0.01 unscaled, 1 warm-up epoch, "
+                  "cosine, decay 5e-4, 227 px, batch 32, 30 epochs) under that. docs/recipes.md.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
                   "tf.distribute strategy. auto: TPU if --tpu is set, mirrored for 2+ GPUs, one_device for one GPU, "
                   "default otherwise. multi_worker reads TF_CONFIG.")
@@ -43,22 +43,22 @@ flags.DEFINE_enum("init", "caffe", ["caffe", "paper"], "Initialization: caffe (l
 flags.DEFINE_float("dropout", 0.5, "Dropout rate after fc6 and fc7 (§4.2).")
 flags.DEFINE_integer("image_size", None, "Square input size, at least 67 (default: the recipe's, 227; demo 67).")
 flags.DEFINE_integer("batch_size", None, "Global batch size, split evenly over the replicas (default: the recipe's: paper 128, small_data and demo 32).")
-flags.DEFINE_integer("epochs", None, "Epochs to train (default: the recipe's: paper 90, small_data 30, demo 9).")
+flags.DEFINE_integer("epochs", None, "Epochs to train (default: the recipe's: paper 90, small_data 30, demo 10).")
 flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: training examples // batch size).")
 flags.DEFINE_enum("precision", None, ["float32", "mixed_float16", "mixed_bfloat16"],
                   "Default by device: mixed_bfloat16 on TPU and Ampere+ GPUs, mixed_float16 (loss-scaled) on older GPUs, float32 on CPU.")
 flags.DEFINE_bool("xla", None, "Compile each replica's forward and backward with XLA (default: on; measured +34% on CPU, docs/performance.md).")
 flags.DEFINE_integer("steps_per_loop", 1, "Training steps per call into the compiled loop (raise on accelerators to cut host overhead).")
-flags.DEFINE_float("learning_rate", None, "Base learning rate (default: the recipe's: paper 0.01 x global batch / 128, small_data and demo 5e-4).")
+flags.DEFINE_float("learning_rate", None, "Base learning rate (default: the recipe's: paper 0.01 x global batch / 128, small_data 0.01, demo 5e-4).")
 flags.DEFINE_enum("lr_schedule", None, ["plateau", "step", "cosine"],
                   "plateau (the paper's): /10 when held-out error stops improving, 3 times at most, never while "
                   "top-1 is still at chance (§5); step: /10 every --lr_decay_epochs; cosine (small_data, demo).")
-flags.DEFINE_float("warmup_epochs", None, "Linear learning-rate warm-up, in epochs (default: the recipe's: paper 0, small_data and demo 3).")
+flags.DEFINE_float("warmup_epochs", None, "Linear learning-rate warm-up, in epochs (default: the recipe's: paper 0, small_data 1, demo 3).")
 flags.DEFINE_float("lr_decay_epochs", 30.0, "Epochs between /10 steps with --lr_schedule step.")
 flags.DEFINE_integer("plateau_patience", 2, "Epochs without held-out improvement before /10 with --lr_schedule plateau.")
-flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "sgd: the paper's SGD with momentum (§5); adam (small_data, demo): Adam, beta_1 = --momentum.")
+flags.DEFINE_enum("optimizer", None, ["sgd", "adam"], "sgd (paper, small_data): the paper's SGD with momentum (§5); adam (demo): Adam, beta_1 = --momentum.")
 flags.DEFINE_float("momentum", 0.9, "SGD momentum (§5); Adam's beta_1.")
-flags.DEFINE_float("weight_decay", None, "Coupled weight decay on kernels, not biases (default: the recipe's: paper 5e-4 (§5), small_data and demo 0).")
+flags.DEFINE_float("weight_decay", None, "Coupled weight decay on kernels, not biases (default: the recipe's: paper and small_data 5e-4 (§5), demo 0).")
 flags.DEFINE_integer("seed", 0, "Seed for initialization, dropout and the input pipeline.")
 flags.DEFINE_bool("deterministic", False, "Deterministic ops and input order (slower).")
 flags.DEFINE_integer("checkpoint_steps", 500, "Save a checkpoint every N steps (and at every epoch end).")

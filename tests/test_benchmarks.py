@@ -72,7 +72,7 @@ def test_script_json_prints_one_object_per_run():
 
 
 def test_model_flops_is_the_paper_hand_count():
-    """2 FLOPs per multiply-add of conv1-5 and fc6-8 (../shared/PAPER.md: 724.4 M at 227)."""
+    """2 FLOPs per multiply-add of conv1-5 and fc6-8 (docs/paper.md: 724.4 M at 227)."""
     model = keras_alexnet.build(input_shape=(227, 227, 3))
     per_layer = {layer.name: benchmarks.layer_flops(layer) for layer in model.layers}
     assert per_layer["conv1"] == 2 * 55 * 55 * 96 * 11 * 11 * 3

@@ -416,9 +416,9 @@ def test_unset_flags_are_left_to_the_recipe():
 @pytest.mark.parametrize(
     "dataset,train_examples,recipe,values",
     [
-        ("shapes", 4000, "demo", ("adam", 67, 32, 9, 0.0)),
-        ("folder:/photos", 1500, "small_data", ("adam", 227, 32, 30, 0.0)),
-        ("folder:/photos", 99_999, "small_data", ("adam", 227, 32, 30, 0.0)),
+        ("shapes", 4000, "demo", ("adam", 67, 32, 10, 0.0)),
+        ("folder:/photos", 1500, "small_data", ("sgd", 227, 32, 30, 5e-4)),
+        ("folder:/photos", 99_999, "small_data", ("sgd", 227, 32, 30, 5e-4)),
         ("tfds:imagenet2012", 1_281_167, "paper", ("sgd", 227, 128, 90, 5e-4)),
     ],
 )
