@@ -121,3 +121,40 @@ def default_precision(kind, strategy=None):
         capability = details.get("compute_capability", (0, 0))
         return "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16"
     return "float32"
+
+
+# The CPU features that decide how fast (and in which precision) the training step runs: AVX2/FMA
+# (every x86 server since 2013), AVX-512, bfloat16 dot products (AVX512-BF16) and the AMX tile unit.
+CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_description(cpuinfo="/proc/cpuinfo"):
+    """'MODEL (feature feature ...)': the CPU model name and which of CPU_FEATURES it has, read
+    from /proc/cpuinfo (Linux); the platform's processor name elsewhere."""
+    import platform
+
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    present = [feature for feature in CPU_FEATURES if feature in flags]
+    return f"{fields.get('model name', platform.machine())} ({' '.join(present) or 'none of ' + '/'.join(CPU_FEATURES)})"
+
+
+def machine_description():
+    """One line naming what a benchmark ran on: the CPU and its relevant features, and the GPUs
+    (name, compute capability) or TPUs TensorFlow sees."""
+    parts = [f"CPU {cpu_description()}, {os.cpu_count()} cores"]
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        details = tf.config.experimental.get_device_details(gpu)
+        capability = ".".join(map(str, details.get("compute_capability", ()))) or "?"
+        parts.append(f"GPU {details.get('device_name', gpu.name)} (compute capability {capability})")
+    tpus = tf.config.list_logical_devices("TPU")
+    if tpus:
+        parts.append(f"{len(tpus)} TPU cores")
+    return "; ".join(parts)

@@ -41,6 +41,7 @@ BATCH_SIZE = {"input": 32, "train": 64, "infer": 64}
 NUM_BATCHES = {"input": 20, "train": 3, "infer": 5}
 
 FLAGS = flags.FLAGS
+MACHINE = None  # distribute.machine_description(), set in main
 flags.DEFINE_enum("variant", "paper", ["paper", "one_column"], "train/infer: the model variant.")
 flags.DEFINE_integer("image_size", 227, "Model input size S.")
 flags.DEFINE_integer("batch_size", None, "Images per (global) batch. Default: 64 for train and infer, 32 for input.")
@@ -112,8 +113,12 @@ def main(argv):
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
     if FLAGS.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
-    from keras_alexnet import benchmarks
+    from keras_alexnet import benchmarks, distribute
 
+    global MACHINE
+    MACHINE = distribute.machine_description()
+    if not FLAGS.json:
+        print(f"machine: {MACHINE}")
     if FLAGS.per_layer:
         return print_layer_profile(benchmarks.layer_profile(
             variant=FLAGS.variant, image_size=FLAGS.image_size, batch_size=batch_size, xla=bool(FLAGS.xla),
@@ -153,7 +158,7 @@ def print_model_result(result, summaries):
     if FLAGS.json:
         for summary in summaries:
             for run in summary["runs"]:
-                print(json.dumps({**_setup(result), **_setup(summary), **run}))
+                print(json.dumps({"machine": MACHINE, **_setup(result), **_setup(summary), **run}))
         return 0
     print(f"{result['mode']}: {result['variant']} AlexNet, S={result['image_size']}, batch {result['batch_size']}, "
           f"{result['precision']}, XLA {'on' if result['xla'] else 'off'}, {result['strategy']} x{result['replicas']}, "
@@ -177,7 +182,7 @@ def print_model_result(result, summaries):
 def print_layer_profile(rows, mode, batch_size):
     if FLAGS.json:
         for row in rows:
-            print(json.dumps({"mode": mode, "batch_size": batch_size, **row}))
+            print(json.dumps({"machine": MACHINE, "mode": mode, "batch_size": batch_size, **row}))
         return 0
     total = next(row for row in rows if row["layer"] == "model")
     timed_key = "forward_backward_ms" if "forward_backward_ms" in total else "forward_ms"
@@ -201,7 +206,7 @@ def print_layer_profile(rows, mode, batch_size):
 def print_input_result(result):
     if FLAGS.json:
         for run in result["runs"]:
-            print(json.dumps({"mode": "input", **run, "threads": result["threads"], "image_dtype": result["image_dtype"],
+            print(json.dumps({"machine": MACHINE, "mode": "input", **run, "threads": result["threads"], "image_dtype": result["image_dtype"],
                               "image_size": result["image_size"], "batch_size": result["batch_size"]}))
         return 0
     print(f"input pipeline ({result['augmentation']}, {result['image_dtype']} out, S={result['image_size']}, "

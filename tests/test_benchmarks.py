@@ -131,6 +131,17 @@ def test_layer_profile_times_every_layer_and_the_grouped_reference():
     assert next(row for row in rows if row["layer"] == "conv1")["output_shape"] == [15, 15, 96]
 
 
+def test_cpu_description_names_the_model_and_the_features_that_matter(tmp_path):
+    from keras_alexnet import distribute
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C\n"
+                       "flags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n")
+    assert distribute.cpu_description(str(cpuinfo)) == "Intel(R) Xeon(R) Platinum 8481C (avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile)"
+    cpuinfo.write_text("model name\t: AMD EPYC 7551\nflags\t\t: fpu sse2 avx2 fma\n")
+    assert distribute.cpu_description(str(cpuinfo)) == "AMD EPYC 7551 (avx2 fma)"
+
+
 def _json_lines(result):
     assert result.returncode == 0, result.stderr[-2000:]
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -144,6 +155,7 @@ def test_script_infer_json_prints_one_object_per_run_and_engine():
     assert sorted(line["engine"] for line in lines) == ["keras", "keras", "saved_model", "saved_model"]
     for line in lines:
         assert line["mode"] == "infer" and line["batch_size"] == 2
+        assert line["machine"].startswith("CPU ") and line["machine"] == lines[0]["machine"]  # names the machine
         for key in ("images_per_sec", "ceiling_fraction", "ms_per_step", "latency_ms"):
             assert math.isfinite(line[key]) and line[key] > 0
 

@@ -455,18 +455,19 @@ LEARNING_PHOTOS = {
     "hubble": ("skimage", "data/hubble_deep_field.jpg"),
     "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
 }
-LEARNING_TARGET = 0.6  # held-out top-1. Chance is 0.2; measured 0.74-0.76 (seeds 0, 1)
+LEARNING_TARGET = 0.5  # held-out top-1; chance is 0.2. Measured 0.78 and 0.73 (seeds 0, 1; docs/recipes.md)
 
 
 def test_training_learns_real_photographs(tmp_path):
-    # The engine's defaults (the small-data recipe) on 250 real-photo patches for 8 short epochs: well
+    # The engine's defaults (the small-data recipe) on 250 real-photo patches for 10 short epochs: well
     # above chance, or something in the loop (gradients, learning rate, labels, input) is broken.
     # test_a_run_that_does_not_learn... runs the same loop with a learning rate of 1e-9 and stays at chance.
     from keras_alexnet import photos
 
     photos.write_photo_set(str(tmp_path / "photos"), LEARNING_PHOTOS,
                            photos.PatchConfig(train_per_class=50, validation_per_class=20, seed=1))
-    result = train(TrainConfig(dataset=f"folder:{tmp_path / 'photos'}", image_size=SIZE, epochs=8, batch_size=16,
+    result = train(TrainConfig(dataset=f"folder:{tmp_path / 'photos'}", image_size=SIZE, epochs=10, batch_size=16,
                                model_dir=str(tmp_path / "run"), export_dir=None, strategy="default"))
     assert result["val_examples"] == 100
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["recipe"] == "small_data"
     assert result["val_top1"] >= LEARNING_TARGET and result["learned"], result["val_top1"]
