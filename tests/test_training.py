@@ -300,7 +300,8 @@ def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(tmp_path):
     assert last >= saved_step >= 2
     resumed = run_script(*[a for a in LONG_RUN if not a.startswith("--steps_per_epoch")], f"--steps_per_epoch={last + 2}",
                          f"--model_dir={tmp_path}")
-    assert resumed.returncode == 0, resumed.stderr
+    # 3: the tiny run did not learn (it is at chance), which is not what this test is about.
+    assert resumed.returncode in (0, 3), resumed.stderr
     assert f"at step {last}" in resumed.stdout
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert history[-1]["step"] == last + 2
