@@ -128,21 +128,55 @@ def default_precision(kind, strategy=None):
 CPU_FEATURES = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
+def _cpuinfo_fields(cpuinfo="/proc/cpuinfo"):
+    """The first processor's fields of /proc/cpuinfo ({} where there is none: not Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in fields:
+            fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_features(cpuinfo="/proc/cpuinfo"):
+    """Which of CPU_FEATURES this CPU has (a set; empty where /proc/cpuinfo is not there)."""
+    flags = set(_cpuinfo_fields(cpuinfo).get("flags", "").split())
+    return {feature for feature in CPU_FEATURES if feature in flags}
+
+
 def cpu_description(cpuinfo="/proc/cpuinfo"):
     """'MODEL (feature feature ...)': the CPU model name and which of CPU_FEATURES it has, read
     from /proc/cpuinfo (Linux); the platform's processor name elsewhere."""
     import platform
 
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    except OSError:
+    fields = _cpuinfo_fields(cpuinfo)
+    if not fields:
         return platform.processor() or platform.machine()
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {key.strip(): value.strip() for key, value in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    present = [feature for feature in CPU_FEATURES if feature in flags]
-    return f"{fields.get('model name', platform.machine())} ({' '.join(present) or 'none of ' + '/'.join(CPU_FEATURES)})"
+    present = cpu_features(cpuinfo)
+    names = [feature for feature in CPU_FEATURES if feature in present]
+    return f"{fields.get('model name', platform.machine())} ({' '.join(names) or 'none of ' + '/'.join(CPU_FEATURES)})"
+
+
+# XLA for the training step on CPU, by what was measured (docs/performance.md, "XLA on CPU, by
+# machine"): on AVX2-only CPUs it is faster at every size (+34% at 227, AMD EPYC Zen 1); on
+# AVX-512 CPUs TensorFlow's own oneDNN kernels beat it from about 96 px (x1.21 at 99, x1.28 at
+# 131, x1.39 at 227 on an AMD EPYC with AVX-512; x1.38 at 227 on an Intel Sapphire Rapids) while
+# XLA stays ahead below (x1.02-1.16 at 67-83 px).
+XLA_OFF_FROM_SIZE_ON_AVX512 = 96
+
+
+def default_xla(kind, image_size, features=None):
+    """Whether the training step compiles with XLA when --xla is not given: always on GPUs and
+    TPUs; on CPUs by `features` (default: this CPU's) and the input size, as measured."""
+    if kind != "cpu":
+        return True
+    features = cpu_features() if features is None else features
+    return "avx512f" not in features or image_size < XLA_OFF_FROM_SIZE_ON_AVX512
 
 
 def machine_description():

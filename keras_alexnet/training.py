@@ -179,8 +179,8 @@ def resolve(config, strategy, info):
     return dataclasses.replace(
         config,
         precision=config.precision or distribute.default_precision(kind, strategy),
-        # XLA: on everywhere; on this 2-core CPU it gave +34% training images/s (docs/performance.md).
-        xla=True if config.xla is None else config.xla,
+        # XLA: by device, CPU features and input size, as measured (distribute.default_xla).
+        xla=distribute.default_xla(kind, config.image_size) if config.xla is None else config.xla,
         learning_rate=config.learning_rate or optimization.scaled_learning_rate(config.batch_size),
         steps_per_epoch=steps_per_epoch,
     )

@@ -100,7 +100,8 @@ def test_train_benchmark_runs_real_steps_and_reports_positive_figures():
     result = benchmarks.train_benchmark(image_size=67, batch_size=4, num_batches=1, runs=2, warmup_batches=1,
                                         matmul_size=128, num_classes=10)
     _assert_figures(result, 4, runs=2)
-    assert result["mode"] == "train" and result["precision"] == "float32" and result["xla"] is True  # resolved default: XLA on
+    assert result["mode"] == "train" and result["precision"] == "float32"
+    assert result["xla"] is True  # the resolved default at 67 px: on, on every CPU measured
     assert result["gflop_per_image"] == pytest.approx(3 * 0.125462592 - 3 * 2 * 4096 * 990 / 1e9)
     assert all(math.isfinite(run["loss"]) for run in result["runs"])
 
@@ -140,6 +141,20 @@ def test_cpu_description_names_the_model_and_the_features_that_matter(tmp_path):
     assert distribute.cpu_description(str(cpuinfo)) == "Intel(R) Xeon(R) Platinum 8481C (avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile)"
     cpuinfo.write_text("model name\t: AMD EPYC 7551\nflags\t\t: fpu sse2 avx2 fma\n")
     assert distribute.cpu_description(str(cpuinfo)) == "AMD EPYC 7551 (avx2 fma)"
+
+
+@pytest.mark.parametrize("kind,size,features,expected", [
+    ("cpu", 227, {"avx2", "fma"}, True),  # AVX2 only (AMD Zen 1): XLA +34% at 227
+    ("cpu", 227, {"avx2", "fma", "avx512f", "avx512_bf16"}, False),  # AVX-512: oneDNN x1.39 at 227
+    ("cpu", 99, {"avx2", "avx512f"}, False),
+    ("cpu", 67, {"avx2", "avx512f", "amx_bf16"}, True),  # small inputs: XLA ahead on AVX-512 too
+    ("gpu", 227, set(), True),
+    ("tpu", 227, set(), True),
+])
+def test_default_xla_follows_the_machine_and_the_input_size(kind, size, features, expected):
+    from keras_alexnet import distribute
+
+    assert distribute.default_xla(kind, size, features) is expected
 
 
 def _json_lines(result):
