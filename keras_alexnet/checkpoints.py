@@ -253,15 +253,17 @@ def _rewrite_state(directory, restored, good):
 def restore_model(model_dir, checkpoint=None):
     """Rebuild the model of a training run and load its newest (or the given) checkpoint.
 
-    Returns (model, config). Raises FileNotFoundError with a one-line message when model_dir has
-    no config or no readable checkpoint (damaged ones are skipped with a warning on stderr).
+    Returns (model, config); config is config.json plus "restored_checkpoint", the path of the
+    checkpoint loaded. Raises FileNotFoundError with a one-line message when model_dir has no
+    config or no readable checkpoint (damaged ones are skipped with a warning on stderr).
     """
     config = read_config(model_dir)
     model = build_from_config(config)
     if checkpoint:
         tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
-        return model, config
+        return model, {**config, "restored_checkpoint": checkpoint}
     # Newest readable first; a reader warns about damaged files but leaves them to the training run.
-    if restore_newest_readable(tf.train.Checkpoint(model=model), model_dir, partial=True) is None:
+    restored = restore_newest_readable(tf.train.Checkpoint(model=model), model_dir, partial=True)
+    if restored is None:
         raise FileNotFoundError(f"no readable checkpoint in {checkpoint_dir(model_dir)}: train first, or pass another --model_dir.")
-    return model, config
+    return model, {**config, "restored_checkpoint": restored}

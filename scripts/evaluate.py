@@ -92,7 +92,7 @@ def run():
         "dataset": spec,
         "split": FLAGS.split,
         "model": os.path.abspath(FLAGS.model_dir or FLAGS.saved_model),
-        "checkpoint": (FLAGS.checkpoint or checkpoints.latest_checkpoint(FLAGS.model_dir)) if FLAGS.model_dir else None,
+        "checkpoint": config.get("restored_checkpoint"),  # the one loaded: a damaged newest one is skipped
         "image_size": image_size,
         "replicas": replicas,
     }

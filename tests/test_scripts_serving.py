@@ -200,6 +200,8 @@ def test_evaluate_script(run, source, crops, strategy):
     assert printed["top1_error"] == pytest.approx(1 - top1 / examples, abs=1e-12)
     assert printed["top5_error"] == pytest.approx(1 - top5 / examples, abs=1e-12)
     assert printed["crops"] == int(crops) and printed["split"] == "validation"
+    # The checkpoint loaded (the model_dir holds ckpt-5); an export has none.
+    assert (printed["checkpoint"] or "").endswith("ckpt-5") if source == "model_dir" else printed["checkpoint"] is None
 
 
 # ---------------------------------------------------------------------------------------- client
