@@ -32,6 +32,11 @@ def chance_ceiling(num_classes, num_examples):
     return max(chance + 3.0 * noise, 1.5 * chance)
 
 
+def describe_chance(num_classes):
+    """'0.100 for 10 classes': chance, as the messages about a run at chance say it."""
+    return f"{1.0 / num_classes:.3f} for {num_classes} classes"
+
+
 def at_chance(top1, num_classes, num_examples):
     """True when held-out top-1 is within noise of chance (`chance_ceiling`); False when there
     were no held-out images to tell."""

@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from keras_alexnet.augment import IMAGENET_MEAN_RGB
+from keras_alexnet.logs import read_history_records
 
 KERNELS_PER_ROW = 16
 
@@ -291,19 +292,8 @@ def read_history(model_dir_or_file):
         path = os.path.join(path, "history.jsonl")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: pass a model_dir written by scripts/train.py.")
-    records = {}
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                # A run killed mid-write leaves a partial last line: skip it, keep the rest.
-                continue
-            if "epoch" in record:
-                records[int(record["epoch"])] = record
+    # The same reader as the training run's: a torn last line (a run killed mid-write) is skipped.
+    records = {int(record["epoch"]): record for record in read_history_records(path) if "epoch" in record}
     return [records[epoch] for epoch in sorted(records)]
 
 

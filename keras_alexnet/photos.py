@@ -74,6 +74,16 @@ class PatchConfig:
     quality: int = 90
 
 
+def set_names(requested=None):
+    """The PHOTO_SETS names asked for (all, sorted, when `requested` is empty); a UsageError names
+    any unknown one."""
+    names = list(requested or sorted(PHOTO_SETS))
+    unknown = sorted(set(names) - set(PHOTO_SETS))
+    if unknown:
+        raise UsageError(f"--sets: unknown {', '.join(unknown)}; choose from {', '.join(sorted(PHOTO_SETS))}.")
+    return names
+
+
 def photo_path(package, relative):
     """The file `relative` inside an installed package, or a UsageError naming the install."""
     spec = importlib.util.find_spec(package)

@@ -297,7 +297,9 @@ def train(config, strategy=None, stream=None):
     """Train, evaluate after every epoch, checkpoint, and export at the end.
 
     Returns a dict with the final held-out metrics (val_top1, val_top5, val_loss, val_examples),
-    the step reached, the export path (chief only) and the trained Keras model ("model").
+    the step reached, the export path (chief only) and the trained Keras model ("model"), and
+    whether the run learned: "learned" (False when val_top1 is within noise of chance, when nothing
+    is exported unless export_at_chance), "num_classes" and "chance_ceiling".
     Raises UsageError for bad input (before any work), TrainingDiverged on a NaN loss and
     Preempted after SIGTERM or Ctrl-C (both after keeping the last good checkpoint).
     The chief holds model_dir's lease (keras_alexnet.run_lease) while it trains: UsageError when
@@ -445,7 +447,7 @@ def train(config, strategy=None, stream=None):
             shutil.rmtree(write_dir, ignore_errors=True)
 
     result["learned"] = not chance.at_chance(result["val_top1"], result["val_examples"])
-    result["chance"], result["chance_ceiling"] = 1.0 / info.num_classes, chance.ceiling(result["val_examples"])
+    result["num_classes"], result["chance_ceiling"] = info.num_classes, chance.ceiling(result["val_examples"])
     if chief and config.export_dir and not (result["learned"] or config.export_at_chance):
         say(f"nothing exported: held-out top-1 {result['val_top1']:.3f} is within noise of chance, and a model that "
             "learned nothing must not replace a served one (--export_at_chance exports anyway)")
@@ -481,7 +483,7 @@ class ChanceWatch:
             return
         self.warned = True
         self.say(f"warning: held-out top-1 {held_out['top1']:.3f} after {epoch} epochs is within noise of chance "
-                 f"({1 / self.num_classes:.3f} for {self.num_classes} classes): the network is not learning. "
+                 f"({evaluation.describe_chance(self.num_classes)}): the network is not learning. "
                  f"{self.fix()}")
 
     def fix(self):

@@ -51,10 +51,7 @@ def _train(photo_dir, name, seed, model_dir):
 def main(argv):
     from keras_alexnet import figures, photos
 
-    names = FLAGS.sets or sorted(photos.PHOTO_SETS)
-    unknown = sorted(set(names) - set(photos.PHOTO_SETS))
-    if unknown:
-        cli.fail(f"--sets: unknown {', '.join(unknown)}; choose from {', '.join(sorted(photos.PHOTO_SETS))}.")
+    names = photos.set_names(FLAGS.sets)
     photo_dir = FLAGS.photo_dir or os.path.join(FLAGS.out, "photo_sets")
     os.makedirs(FLAGS.out, exist_ok=True)
     for name in names:

@@ -23,10 +23,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     from keras_alexnet import photos
 
-    names = FLAGS.sets or sorted(photos.PHOTO_SETS)
-    unknown = sorted(set(names) - set(photos.PHOTO_SETS))
-    if unknown:
-        cli.fail(f"--sets: unknown {', '.join(unknown)}; choose from {', '.join(sorted(photos.PHOTO_SETS))}.")
+    names = photos.set_names(FLAGS.sets)
     config = photos.PatchConfig(train_per_class=FLAGS.train_per_class,
                                 validation_per_class=FLAGS.validation_per_class, seed=FLAGS.seed)
     for name in names:

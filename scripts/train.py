@@ -86,6 +86,7 @@ def main(argv):
     # absl logs TensorFlow's INFO lines (checkpoint sharding, retracing notes) by default: keep
     # the terminal for progress and results.
     logging.set_verbosity(logging.WARNING)
+    from keras_alexnet import evaluation
     from keras_alexnet.training import NOT_LEARNED_EXIT_CODE, Preempted, TrainConfig, TrainingDiverged, train
 
     config = TrainConfig(**config_values(FLAGS))
@@ -101,9 +102,8 @@ def main(argv):
                  code=130)
     exported = f"; SavedModel {result['export_path']}" if result.get("export_path") else ""
     if not result["learned"]:
-        classes = round(1 / result["chance"])
         print(f"did not learn: step {result['step']}, held-out top-1 {result['val_top1']:.4f} is within noise of chance "
-              f"({result['chance']:.3f} for {classes} classes; up to {result['chance_ceiling']:.3f} on "
+              f"({evaluation.describe_chance(result['num_classes'])}; up to {result['chance_ceiling']:.3f} on "
               f"{result['val_examples']} held-out images){exported or '; nothing exported'}. Exit code {NOT_LEARNED_EXIT_CODE}.")
         sys.exit(NOT_LEARNED_EXIT_CODE)
     print(f"done: step {result['step']}, held-out top-1 {result['val_top1']:.4f} (error {1 - result['val_top1']:.4f}), "
