@@ -25,7 +25,7 @@ setup(
     extras_require={
         # tensorflow-serving-api lets the tests parse warm-up records and build gRPC requests.
         # scikit-image: photographs for the test that training learns real images (keras_alexnet.photos).
-        "test": ["pytest>=7", "tensorflow-serving-api", "scikit-image"],
+        "test": ["pytest>=7.3", "tensorflow-serving-api", "scikit-image"],
         # The packages whose photographs keras_alexnet.photos cuts into small real-photo datasets.
         "photos": ["scikit-image", "scikit-learn"],
         # gRPC client for TF Serving; needs the full `tensorflow` distribution, not tensorflow-cpu.
