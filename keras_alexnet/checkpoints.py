@@ -40,7 +40,7 @@ STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's list of checkpoints
 DAMAGED_DIR = "damaged"
 
 # The keys of config.json that decide the model's shape.
-MODEL_KEYS = ("variant", "groups", "image_size", "num_classes")
+MODEL_KEYS = ("variant", "groups", "image_size", "num_classes", "convention")
 
 
 def checkpoint_dir(model_dir):
@@ -72,8 +72,9 @@ def build_from_config(config, **kwargs):
     return build(
         num_classes=int(config["num_classes"]),
         input_shape=(size, size, 3),
-        variant=config.get("variant", "paper"),
-        groups=int(config.get("groups", 2)),
+        variant=config.get("variant") or "paper",
+        groups=int(config.get("groups") or 2),
+        convention=config.get("convention") or "paper",  # a run started from Caffe or torchvision weights
         **kwargs,
     )
 

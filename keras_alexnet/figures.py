@@ -340,17 +340,23 @@ def plot_history(records, path, title=None):
     return _save(figure, path)
 
 
-def plot_learning_check(runs, path, title=None):
+def plot_learning_check(runs, path, title=None, baseline=None, labels=("", "")):
     """Held-out top-1 (%) per epoch of `scripts/learning_check.py` runs, one panel per set, one
     line per seed, chance as a dotted line. `runs`: dicts with set, seed, val_top1 (a list) and
-    num_classes. Returns path."""
+    num_classes. `baseline`: runs of another recipe on the same sets and seeds, drawn dashed in
+    the same colours; `labels` name the two in the legend. Returns path."""
     names = sorted({run["set"] for run in runs})
     figure = _figure(width=4.2 * len(names), height=3.6)
     axes = np.atleast_1d(figure.subplots(1, len(names), sharey=True))
     for axis, name in zip(axes, names):
-        for run in (r for r in runs if r["set"] == name):
+        for index, run in enumerate(r for r in runs if r["set"] == name):
             epochs = np.arange(1, len(run["val_top1"]) + 1)
-            axis.plot(epochs, 100.0 * np.array(run["val_top1"]), marker="o", markersize=3, label=f"seed {run['seed']}")
+            colour = f"C{index}"
+            axis.plot(epochs, 100.0 * np.array(run["val_top1"]), marker="o", markersize=3, color=colour,
+                      label=f"{labels[0]}seed {run['seed']}")
+            for other in (r for r in baseline or () if r["set"] == name and r["seed"] == run["seed"]):
+                axis.plot(np.arange(1, len(other["val_top1"]) + 1), 100.0 * np.array(other["val_top1"]),
+                          linestyle="--", color=colour, alpha=0.7, label=f"{labels[1]}seed {other['seed']}")
         chance = 100.0 / next(r["num_classes"] for r in runs if r["set"] == name)
         axis.axhline(chance, color="gray", linestyle=":", label="chance")
         axis.set_title(name, fontsize=10)

@@ -40,12 +40,12 @@ _TWO_COLUMN_LAYERS = {2, 4, 5}
 def min_input_size(variant="paper"):
     """Smallest square input whose pool5 is at least 1x1 (67 for "paper", 63 for "one_column")."""
     size = 1
-    while _pool5_size(size, variant) < 1:
+    while pool5_size(size, variant) < 1:
         size += 1
     return size
 
 
-def _pool5_size(size, variant):
+def pool5_size(size, variant):
     convs = _PAPER_CONVS if variant == "paper" else _ONE_COLUMN_CONVS
     for index, (_, kernel, stride, pad) in enumerate(convs, start=1):
         size = (size + 2 * pad - kernel) // stride + 1

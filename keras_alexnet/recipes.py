@@ -19,7 +19,7 @@ reason are printed in the run's header and kept in config.json (`recipe`, `recip
 
 import dataclasses
 
-RECIPES = ("auto", "paper", "small_data", "demo")
+RECIPES = ("auto", "paper", "small_data", "demo", "finetune")
 # At ImageNet's scale (1.28M images) the paper's recipe is the reference; under this many training
 # images a run is short in steps and the small-data recipe applies.
 LARGE_DATASET = 100_000
@@ -51,13 +51,20 @@ SMALL_DATA = Recipe("small_data", image_size=227, batch_size=32, epochs=30, opti
 # 10-minute budget cannot spare; three warm-up epochs keep every seed's ReLUs alive (docs/recipes.md).
 DEMO = Recipe("demo", image_size=67, batch_size=32, epochs=10, optimizer="adam", learning_rate=5e-4,
               lr_schedule="cosine", warmup_epochs=3.0, weight_decay=0.0)
-_BY_NAME = {recipe.name: recipe for recipe in (PAPER, SMALL_DATA, DEMO)}
+# From pretrained weights (--weights): Caffe's fine-tuning rate (finetune_flickr_style: base 0.001,
+# the new fc8 10x), no warm-up (the features are already there), cosine. The input size comes from
+# the weight file (keras_alexnet.finetune.configure); 227 only when the recipe is named without one.
+FINETUNE = Recipe("finetune", image_size=227, batch_size=32, epochs=10, optimizer="sgd", learning_rate=0.001,
+                  lr_schedule="cosine", warmup_epochs=0.0, weight_decay=5e-4)
+_BY_NAME = {recipe.name: recipe for recipe in (PAPER, SMALL_DATA, DEMO, FINETUNE)}
 
 
-def choose(name, dataset, num_train_examples):
-    """(Recipe, reason): the named recipe, or for "auto" the one that fits the dataset."""
+def choose(name, dataset, num_train_examples, weights=None):
+    """(Recipe, reason): the named recipe, or for "auto" the one that fits the start and the dataset."""
     if name != "auto":
         return _BY_NAME[name], f"--recipe={name}"
+    if weights:
+        return FINETUNE, f"starts from --weights={weights}"
     if dataset.split(":")[0] == "shapes":
         return DEMO, "the built-in shapes data"
     if num_train_examples >= LARGE_DATASET:
@@ -68,6 +75,6 @@ def choose(name, dataset, num_train_examples):
 def apply(config, num_train_examples):
     """`config` (a TrainConfig) with every recipe setting it leaves as None filled in, and
     `recipe`/`recipe_reason` set to the recipe used and why."""
-    recipe, reason = choose(config.recipe, config.dataset, num_train_examples)
+    recipe, reason = choose(config.recipe, config.dataset, num_train_examples, config.weights)
     unset = {field: getattr(recipe, field) for field in FIELDS if getattr(config, field) is None}
     return dataclasses.replace(config, recipe=recipe.name, recipe_reason=reason, **unset)

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, optimization, recipes, run_lease
+from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, finetune, optimization, recipes, run_lease
 from keras_alexnet.errors import UsageError
 from keras_alexnet.logs import Progress, RunLog
 from keras_alexnet.model import VARIANTS, INITS, min_input_size
@@ -62,10 +62,15 @@ class TrainConfig:
     augmentation: str = "paper"
     model_dir: str = "runs/alexnet"
     export_dir: str = "saved_models/alexnet"
-    variant: str = "paper"
-    groups: int = 2
+    variant: str = None  # "paper", or the --weights file's
+    groups: int = None  # 2, or the --weights file's
     init: str = "caffe"
     dropout: float = 0.5
+    weights: str = None  # start from this weight file (keras_alexnet.finetune)
+    trainable: str = "all"  # the first layer that trains (finetune.TRAINABLE); the ones below stay the file's
+    classifier_lr_multiplier: float = None  # fc8's rate / the base rate: 10 for a new fc8 under SGD, else 1
+    convention: str = None  # set from --weights (finetune.configure); "paper" otherwise
+    weights_sha256: str = None  # set from --weights
     recipe: str = "auto"
     recipe_reason: str = None  # set by recipes.apply
     image_size: int = None
@@ -102,20 +107,27 @@ def check_config(config):
     left as None (the recipe's to fill) are not checked."""
     if config.recipe not in recipes.RECIPES:
         raise UsageError(f"--recipe={config.recipe!r} is unknown: use one of {', '.join(recipes.RECIPES)}.")
-    if config.variant not in VARIANTS:
+    if config.variant is not None and config.variant not in VARIANTS:
         raise UsageError(f"--variant={config.variant!r} is unknown: use one of {', '.join(VARIANTS)}.")
     if config.init not in INITS:
         raise UsageError(f"--init={config.init!r} is unknown: use one of {', '.join(INITS)}.")
-    if config.groups not in (1, 2):
+    if config.groups is not None and config.groups not in (1, 2):
         raise UsageError(f"--groups={config.groups} is not supported: use 1 or 2.")
-    smallest = min_input_size(config.variant)
-    if config.image_size is not None and config.image_size < smallest:
+    smallest = min_input_size(config.variant or "paper")
+    if config.image_size is not None and config.image_size < smallest and not config.weights:
         raise UsageError(f"--image_size={config.image_size} is below the minimum for --variant={config.variant}: use at least {smallest}.")
     for name in ("batch_size", "epochs", "steps_per_loop", "checkpoint_steps", "keep_checkpoints", "log_steps"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise UsageError(f"--{name}={getattr(config, name)} must be at least 1.")
     if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
         raise UsageError(f"--steps_per_epoch={config.steps_per_epoch} must be at least 1.")
+    if config.trainable not in finetune.TRAINABLE:
+        raise UsageError(f"--trainable={config.trainable!r} is unknown: use one of {', '.join(finetune.TRAINABLE)}.")
+    if config.trainable != "all" and not config.weights:
+        raise UsageError(f"--trainable={config.trainable} freezes layers of a pretrained network: give --weights FILE too.")
+    if config.classifier_lr_multiplier is not None and (not config.weights or config.classifier_lr_multiplier <= 0):
+        raise UsageError(f"--classifier_lr_multiplier={config.classifier_lr_multiplier:g} applies to a run started from "
+                         "--weights FILE, and must be positive.")
     if config.precision is not None and config.precision not in PRECISIONS:
         raise UsageError(f"--precision={config.precision!r} is unknown: use one of {', '.join(PRECISIONS)}.")
     if config.lr_schedule is not None and config.lr_schedule not in optimization.SCHEDULES:
@@ -154,12 +166,33 @@ def check_resume(config, num_classes):
     except FileNotFoundError:
         return
     current = {**config.to_json(), "num_classes": num_classes}
-    for key in checkpoints.MODEL_KEYS:
+    if previous.get("weights_sha256", config.weights_sha256) != config.weights_sha256:
+        raise UsageError(f"--model_dir={config.model_dir} was started from a weight file with sha256 "
+                         f"{str(previous['weights_sha256'])[:12]}..., not --weights={config.weights} "
+                         f"({str(config.weights_sha256)[:12]}...): use a new --model_dir or the original file.")
+    for key in checkpoints.MODEL_KEYS + ("trainable",):
         if key in previous and previous[key] != current.get(key):
             raise UsageError(
                 f"--model_dir={config.model_dir} holds checkpoints of a model with {key}={previous[key]}, "
                 f"but this run has {key}={current.get(key)}: use a new --model_dir or the same --{key}."
             )
+
+
+def start_from(config, pretrained, info):
+    """`config` with the network fixed (the --weights file's, finetune.configure, or the paper's)
+    and the recipe applied; fc8's rate multiplier follows from both."""
+    if pretrained is None:
+        config = dataclasses.replace(config, variant=config.variant or "paper", groups=config.groups or 2, convention="paper")
+        return recipes.apply(config, info.num_examples["train"])
+    config = recipes.apply(finetune.configure(config, pretrained), info.num_examples["train"])
+    multiplier = config.classifier_lr_multiplier
+    if multiplier is None:
+        new = finetune.classifier_is_new(pretrained, info.num_classes)
+        multiplier = finetune.NEW_CLASSIFIER_LR_MULTIPLIER if new and config.optimizer == "sgd" else 1.0
+    elif multiplier != 1.0 and config.optimizer != "sgd":
+        raise UsageError(f"--classifier_lr_multiplier={multiplier:g} needs --optimizer sgd: Adam's step does not grow "
+                         "with the gradient. Leave it out, or use sgd.")
+    return dataclasses.replace(config, classifier_lr_multiplier=multiplier)
 
 
 def resolve(config, strategy, info):
@@ -200,6 +233,7 @@ class Trainer:
                 {**config.to_json(), "num_classes": num_classes},
                 init=config.init, dropout=config.dropout, weight_decay=config.weight_decay, seed=config.seed,
             )
+            finetune.freeze(self.model, config.trainable)  # before the optimizer sees the trainable variables
             self.plateau = optimization.PlateauTracker(patience=config.plateau_patience)
             self.schedule = optimization.AlexNetSchedule(
                 config.learning_rate, config.lr_schedule, total_steps,
@@ -232,6 +266,8 @@ class Trainer:
     def _make_train_loop(self):
         model, optimizer, config = self.model, self.optimizer, self.config
         scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        multiplier = config.classifier_lr_multiplier or 1.0
+        multipliers = finetune.gradient_multipliers(model, multiplier) if multiplier != 1.0 else None
 
         def forward_backward(images, labels):
             if isinstance(images, tuple):  # uint8 crops and lighting shifts (data.make_dataset)
@@ -251,6 +287,8 @@ class Trainer:
 
         def replica_step(images, labels):
             gradients, statistics = forward_backward(images, labels)
+            if multipliers:  # Caffe's lr_mult for a new fc8 (finetune.gradient_multipliers)
+                gradients = [g if m == 1.0 else g * m for g, m in zip(gradients, multipliers)]
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
             return statistics
 
@@ -313,7 +351,8 @@ def train(config, strategy=None, stream=None):
     if strategy is None:
         strategy = distribute.get_strategy(config.strategy, tpu=config.tpu, num_gpus=config.num_gpus)
     info = data.dataset_info(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)
-    config = resolve(recipes.apply(config, info.num_examples["train"]), strategy, info)
+    pretrained = finetune.read(config.weights) if config.weights else None
+    config = resolve(start_from(config, pretrained, info), strategy, info)
     check_resume(config, info.num_classes)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -328,6 +367,8 @@ def train(config, strategy=None, stream=None):
     restored = checkpoints.restore_newest_readable(trainer.checkpoint, config.model_dir, move_aside=chief, say=say)
     if restored:
         say(f"resumed from {restored} at step {int(trainer.step.numpy())}")
+    elif pretrained:
+        finetune.load(trainer.model, pretrained, say)
     write_dir = checkpoint_dir if chief else tempfile.mkdtemp(prefix=f"alexnet_{distribute.worker_id(strategy)}_")
     manager = tf.train.CheckpointManager(trainer.checkpoint, write_dir, max_to_keep=config.keep_checkpoints)
     if chief:

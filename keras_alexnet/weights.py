@@ -156,13 +156,15 @@ class SourceWeights:
             (kh, kw, in/groups, out) with RGB input channels in conv1; dense kernels (in, out), fc6's
             rows in Keras's (H, W, C) flattening order).
         path: the file.
+        input_size: a .keras model's input side; None for the other files.
     """
 
-    def __init__(self, convention, variant, layers, path):
+    def __init__(self, convention, variant, layers, path, input_size=None):
         self.convention = convention
         self.variant = variant
         self.layers = layers
         self.path = path
+        self.input_size = input_size
 
     @property
     def num_classes(self):
@@ -194,7 +196,7 @@ def read_weights(path, allow_pickle=False):
     if lower.endswith(".keras"):
         model = _load_keras_model(path)
         layers = {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in model.layers if layer.name in LAYERS}
-        return SourceWeights(convention, _model_variant(model), layers, path)
+        return SourceWeights(convention, _model_variant(model), layers, path, input_size=model.input_shape[1])
     if lower.endswith(_TORCH_SUFFIXES):
         return SourceWeights("torchvision", "one_column", _torchvision_to_keras(_read_torch_state_dict(path), path), path)
     if lower.endswith(".caffemodel"):
@@ -205,13 +207,14 @@ def read_weights(path, allow_pickle=False):
     return SourceWeights("caffe", "paper", _caffe_to_keras(blobs, layout, path), path)
 
 
-def load_weights(model, path, allow_pickle=False):
+def load_weights(model, path, allow_pickle=False, warn_new_classifier=True):
     """Load a weight file into a model built by `keras_alexnet.build()`, layer by layer.
 
     The model must use the file's convention (`build(weights=...)` arranges that). Every layer
     of conv1..fc8 that the model has is loaded; fc8 is left as initialized (with a log message)
     when the model's number of classes differs from the file's, for fine-tuning. Any other
-    mismatch raises `UsageError` naming the layer and the fix.
+    mismatch raises `UsageError` naming the layer and the fix. (The training engine says so itself:
+    `warn_new_classifier=False`.)
     """
     source = path if isinstance(path, SourceWeights) else read_weights(path, allow_pickle=allow_pickle)
     model_convention = convention_of_model(model)
@@ -235,7 +238,9 @@ def load_weights(model, path, allow_pickle=False):
         kernel, bias = source.layers[name]
         expected = [tuple(v.shape) for v in layer.weights]
         if name == "fc8" and expected[0][1] != kernel.shape[1]:
-            _log.warning("%s: fc8 has %d classes, the model %d: fc8 keeps its initialization.", source.path, kernel.shape[1], expected[0][1])
+            if warn_new_classifier:
+                _log.warning("%s: fc8 has %d classes, the model %d: fc8 keeps its initialization.", source.path,
+                             kernel.shape[1], expected[0][1])
             continue
         if expected != [kernel.shape, bias.shape]:
             raise UsageError(
@@ -269,8 +274,8 @@ def build_from_weights(path, allow_pickle=False, image_size=None):
         standard = 227 if source.variant == "paper" else 224
         pool5 = source.pool5_size
         image_size = standard
-        if model_lib._pool5_size(standard, source.variant) != pool5:
-            sizes = [s for s in range(model_lib.min_input_size(source.variant), 1024) if model_lib._pool5_size(s, source.variant) == pool5]
+        if model_lib.pool5_size(standard, source.variant) != pool5:
+            sizes = [s for s in range(model_lib.min_input_size(source.variant), 1024) if model_lib.pool5_size(s, source.variant) == pool5]
             if not sizes:
                 raise UsageError(f"{source.path}: no input size gives the {pool5}x{pool5} pool5 map that fc6 expects.")
             image_size = sizes[0]
@@ -600,6 +605,6 @@ def _shape_fix(source, name):
         from keras_alexnet import model as model_lib
 
         side = source.pool5_size
-        size = next((s for s in range(model_lib.min_input_size(source.variant), 1024) if model_lib._pool5_size(s, source.variant) == side), None)
+        size = next((s for s in range(model_lib.min_input_size(source.variant), 1024) if model_lib.pool5_size(s, source.variant) == side), None)
         return f"fc6 was trained on a {side}x{side} pool5 map: build with input_shape=({size}, {size}, 3), or include_top=False."
     return f"build with variant={source.variant!r} and the file's layer sizes."

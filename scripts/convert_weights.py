@@ -3,6 +3,7 @@
     python scripts/convert_weights.py --input bvlc_alexnet.caffemodel --output bvlc_alexnet.keras
     python scripts/convert_weights.py --input bvlc_alexnet.npy --allow_pickle --output bvlc_alexnet.keras
     python scripts/convert_weights.py --input alexnet-owt-7be5be79.pth --output torchvision_alexnet.keras
+    python scripts/convert_weights.py --input runs/alexnet --output mine.keras     # a training run's newest checkpoint
 
 The output is a complete .keras model (architecture, the source's conventions, weights): load it
 with `keras_alexnet.build(weights="bvlc_alexnet.keras", ...)` or, after `import keras_alexnet`,
@@ -15,7 +16,7 @@ from absl import flags
 
 import _cli as cli
 
-flags.DEFINE_string("input", None, "Caffe .caffemodel / .npz / .npy, or torchvision .pth / .pt.")
+flags.DEFINE_string("input", None, "Caffe .caffemodel / .npz / .npy, torchvision .pth / .pt, or a training run's --model_dir.")
 flags.DEFINE_string("output", None, "The .keras file to write.")
 flags.DEFINE_string("output_npz", None, "Also write Caffe weights as a pickle-free .npz here.")
 flags.DEFINE_bool("allow_pickle", False, "Read a pickled .npy: unpickling can run code, so only for files you trust "
@@ -30,8 +31,18 @@ def main(argv):
         cli.fail("--input and --output are required.")
     if not FLAGS.output.endswith(".keras"):
         cli.fail(f"--output={FLAGS.output}: the output is a Keras model file; name it *.keras.")
+    import os
+
     from keras_alexnet import weights
 
+    if os.path.isdir(FLAGS.input):  # a training run: its newest readable checkpoint, with its conventions
+        from keras_alexnet import checkpoints
+
+        model, config = checkpoints.restore_model(FLAGS.input)
+        model.save(FLAGS.output)
+        print(f"wrote {FLAGS.output}: {config['restored_checkpoint']}, variant {config['variant']}, "
+              f"{config['num_classes']} classes, input {config['image_size']}x{config['image_size']}x3")
+        return
     source = weights.read_weights(FLAGS.input, allow_pickle=FLAGS.allow_pickle)
     if FLAGS.output_npz and source.convention != "caffe":
         cli.fail("--output_npz writes Caffe's layout: only for Caffe weights.")

@@ -2,6 +2,7 @@
 
     python scripts/learning_check.py --out runs/learning_check            # the defaults, seeds 0-2
     python scripts/learning_check.py --out runs/adam --train_flags=--optimizer=adam,--learning_rate=5e-4
+    python scripts/learning_check.py --out runs/tuned --train_flags=--weights=pre.keras --baseline runs/learning_check/results.json
 
 Each run is `scripts/train.py --dataset folder:<set> --image_size 67 --epochs 15 --batch_size 32
 --seed S` (plus --train_flags) in its own process, on the sets of keras_alexnet.photos (written
@@ -28,6 +29,8 @@ flags.DEFINE_integer("batch_size", 32, "Batch size per run.")
 flags.DEFINE_integer("image_size", 67, "Input size per run.")
 flags.DEFINE_list("train_flags", [], "Extra scripts/train.py flags for every run, e.g. --optimizer=sgd,--learning_rate=0.01.")
 flags.DEFINE_string("label", None, "Title of the figure (default: the train flags).")
+flags.DEFINE_string("baseline", None, "results.json of an earlier check on the same sets and seeds, drawn dashed "
+                    "beside these runs (e.g. from scratch against --train_flags=--weights=FILE).")
 
 FLAGS = flags.FLAGS
 _TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -75,7 +78,12 @@ def main(argv):
         finals = [r["final_val_top1"] for r in results if r["set"] == name]
         print(f"{name:16s} worst {min(finals):.3f}  mean {sum(finals) / len(finals):.3f}")
     title = FLAGS.label or ("defaults" if not FLAGS.train_flags else " ".join(FLAGS.train_flags))
-    figures.plot_learning_check(results, os.path.join(FLAGS.out, "curves.png"), title=title)
+    baseline = None
+    if FLAGS.baseline:
+        with open(FLAGS.baseline, encoding="utf-8") as f:
+            baseline = json.load(f)["runs"]
+    figures.plot_learning_check(results, os.path.join(FLAGS.out, "curves.png"), title=title, baseline=baseline,
+                                labels=("", "baseline ") if baseline else ("", ""))
     print(f"wrote {os.path.join(FLAGS.out, 'results.json')} and curves.png")
 
 

@@ -4,8 +4,11 @@
     python scripts/train.py --dataset tfds:imagenet2012 --data_dir ~/tensorflow_datasets \
         --image_size 227 --batch_size 128 --epochs 90 --model_dir runs/imagenet
 
-Flags left unset take a recipe (--recipe, keras_alexnet/recipes.py): the demo's on the built-in
-shapes data, small_data under 100,000 training images, the paper's §5 recipe from there on.
+    python scripts/train.py --dataset folder:photos --weights bvlc_alexnet.caffemodel   # fine-tune
+
+Flags left unset take a recipe (--recipe, keras_alexnet/recipes.py): finetune with --weights, the
+demo's on the built-in shapes data, small_data under 100,000 training images, the paper's §5
+recipe from there on.
 Rerunning the same command resumes from the newest readable checkpoint in --model_dir (damaged
 ones are skipped with a warning and moved to checkpoints/damaged/). SIGTERM (a preemption notice)
 or Ctrl-C saves a checkpoint and stops (exit 143 or 130); Ctrl-C twice stops at once. One run
@@ -20,8 +23,9 @@ from absl import flags
 
 import _cli as cli
 
-flags.DEFINE_enum("recipe", "auto", ["auto", "paper", "small_data", "demo"],
-                  "What unset flags mean. auto: demo on shapes, paper (§5: SGD 0.01 x batch/128, plateau /10, decay 5e-4, "
+flags.DEFINE_enum("recipe", "auto", ["auto", "paper", "small_data", "demo", "finetune"],
+                  "What unset flags mean. auto: finetune with --weights (SGD 0.001, new fc8 x10, no warm-up, cosine, "
+                  "decay 5e-4, batch 32, 10 epochs, the file's input size), demo on shapes, paper (§5: SGD 0.01 x batch/128, plateau /10, decay 5e-4, "
                   "227 px, batch 128, 90 epochs) for 100,000+ training images, small_data (SGD 0.01 unscaled, 1 warm-up epoch, "
                   "cosine, decay 5e-4, 227 px, batch 32, 30 epochs) under that. docs/recipes.md.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
@@ -37,8 +41,18 @@ flags.DEFINE_enum("augmentation", "paper", ["paper", "inception", "none"],
                   "Training augmentation: paper (§4.1 crops, flips, PCA lighting), inception (random-resized-crop), none.")
 flags.DEFINE_string("model_dir", "runs/alexnet", "Checkpoints, config.json, history.jsonl and TensorBoard logs.")
 flags.DEFINE_string("export_dir", "saved_models/alexnet", "Export base: the SavedModel goes to <export_dir>/<next integer>/. Empty: no export.")
-flags.DEFINE_enum("variant", "paper", ["paper", "one_column"], "paper: the two-column net of §3; one_column: torchvision's layout.")
-flags.DEFINE_integer("groups", 2, "Columns of conv2/4/5 in the paper variant (2 as in the paper, 1 for one column).")
+flags.DEFINE_enum("variant", None, ["paper", "one_column"],
+                  "paper (default): the two-column net of §3; one_column: torchvision's layout. With --weights: the file's.")
+flags.DEFINE_integer("groups", None, "Columns of conv2/4/5 in the paper variant (default 2 as in the paper; 1 for one "
+                     "column). With --weights: the file's.")
+flags.DEFINE_string("weights", None, "Start from this weight file (fine-tuning): Caffe .caffemodel/.npz, torchvision "
+                    ".pth, or .keras (scripts/convert_weights.py writes one from a training run). Variant, columns, "
+                    "conventions and input size come from it; fc8 is new unless its classes are the dataset's. docs/finetune.md.")
+flags.DEFINE_enum("trainable", "all", ["all", "fc", "conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"],
+                  "With --weights: the layers that train, from this one up (all = conv1, fc = fc6; fc8 trains the "
+                  "classifier alone); the ones below keep the file's weights.")
+flags.DEFINE_float("classifier_lr_multiplier", None, "With --weights: fc8's learning rate / the base rate (default 10 "
+                   "for a new fc8 under SGD, as in Caffe's fine-tuning; else 1).")
 flags.DEFINE_enum("init", "caffe", ["caffe", "paper"], "Initialization: caffe (learns at once) or paper (§5, biases 1).")
 flags.DEFINE_float("dropout", 0.5, "Dropout rate after fc6 and fc7 (§4.2).")
 flags.DEFINE_integer("image_size", None, "Square input size, at least 67 (default: the recipe's, 227; demo 67).")

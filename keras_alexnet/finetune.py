@@ -1,0 +1,117 @@
+"""Starting a training run from pretrained weights: fine-tuning and training a new classifier.
+
+`scripts/train.py --weights FILE` reads FILE once (`read`), lets it decide the network
+(`configure`: variant, columns, convention, input size; a flag that contradicts it is a one-line
+error), builds that network, loads the file into it unless the run resumes from its own
+checkpoint (`load`), and trains only the layers `--trainable` names (`freeze`). fc8 comes from
+the file when its classes are the dataset's; otherwise it is a new layer, initialized as usual,
+whose rate is `--classifier_lr_multiplier` x the base rate (Caffe's fine-tuning recipe gives new
+layers 10x). The files are those of keras_alexnet.weights: Caffe (.caffemodel, .npz, .npy),
+torchvision (.pth, .pt) and .keras (converted, or written from a training run by
+scripts/convert_weights.py --input RUN_DIR). docs/finetune.md has the recipe and its measurements.
+"""
+
+import dataclasses
+import hashlib
+
+from keras_alexnet import model as model_lib
+from keras_alexnet import weights as weight_files
+from keras_alexnet.errors import UsageError
+
+# --trainable: the first layer that trains; every layer from it up trains, the ones below are frozen.
+TRAINABLE = {"all": "conv1", "fc": "fc6", **{name: name for name in weight_files.LAYERS}}
+# Caffe's fine-tuning examples (finetune_flickr_style) give the new classifier 10x the base rate.
+NEW_CLASSIFIER_LR_MULTIPLIER = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """A weight file read once: its layers in Keras layout and what they fix about the network."""
+
+    path: str
+    sha256: str
+    source: weight_files.SourceWeights
+
+    @property
+    def pool5_size(self):
+        return self.source.pool5_size
+
+    def input_sizes(self):
+        """The input sizes whose pool5 map is the one fc6 was trained on (fc6's shape follows it)."""
+        variant = self.source.variant
+        return [size for size in range(model_lib.min_input_size(variant), 1024)
+                if model_lib.pool5_size(size, variant) == self.pool5_size]
+
+    def default_input_size(self):
+        """The size the file was made for: a .keras model's own, else 227 (Caffe) or 224 (torchvision)."""
+        sizes = self.input_sizes()
+        standard = self.source.input_size or (227 if self.source.variant == "paper" else 224)
+        return standard if standard in sizes else sizes[0]
+
+
+def read(path, allow_pickle=False):
+    """Read a weight file for a training run; UsageError (one line) when it cannot be used."""
+    source = weight_files.read_weights(path, allow_pickle=allow_pickle)
+    if "fc8" not in source.layers or "fc6" not in source.layers:
+        raise UsageError(f"--weights={path} has no classifier (fc6-fc8): fine-tuning needs the whole network's weights.")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return Pretrained(path=str(path), sha256=digest.hexdigest(), source=source)
+
+
+def configure(config, pretrained):
+    """`config` (a TrainConfig) with the network the file fixes: variant, groups, convention and
+    image size. A flag that contradicts the file is a UsageError naming it and the fix."""
+    source, path = pretrained.source, pretrained.path
+    if config.variant not in (None, source.variant):
+        raise UsageError(f"--variant={config.variant} contradicts --weights={path}, which holds the {source.variant} "
+                         "network: leave --variant out.")
+    if config.groups not in (None, source.groups):
+        raise UsageError(f"--groups={config.groups} contradicts --weights={path}, whose conv2/4/5 have {source.groups} "
+                         "column(s): leave --groups out.")
+    sizes = pretrained.input_sizes()
+    if config.image_size is not None and config.image_size not in sizes:
+        raise UsageError(f"--image_size={config.image_size} does not fit --weights={path}: its fc6 was trained on a "
+                         f"{pretrained.pool5_size}x{pretrained.pool5_size} pool5 map, which input sizes {sizes[0]}-{sizes[-1]} give: "
+                         "use one of those or leave --image_size out.")
+    return dataclasses.replace(
+        config, variant=source.variant, groups=source.groups, convention=source.convention,
+        weights_sha256=pretrained.sha256,
+        image_size=config.image_size or pretrained.default_input_size())
+
+
+def classifier_is_new(pretrained, num_classes):
+    """True when the file's fc8 has other classes than the dataset's (fc8 is then initialized afresh)."""
+    return pretrained.source.num_classes != num_classes
+
+
+def load(model, pretrained, say):
+    """Load the file's layers into the freshly built `model` and say what came from it."""
+    new = classifier_is_new(pretrained, model.output_shape[-1])
+    weight_files.load_weights(model, pretrained.source, warn_new_classifier=False)
+    kept = "conv1-fc7" if new else "conv1-fc8"
+    classifier = (f"fc8 new ({model.output_shape[-1]} classes; the file's has {pretrained.source.num_classes})" if new
+                  else f"fc8 kept (the file's {pretrained.source.num_classes} classes are the dataset's)")
+    say(f"weights {kept} from {pretrained.path} ({pretrained.source.convention} convention, sha256 {pretrained.sha256[:12]}); "
+        f"{classifier}")
+
+
+def freeze(model, trainable):
+    """Freeze the layers below the first one that `trainable` names; returns the layers that train."""
+    first = TRAINABLE[trainable]
+    order = list(weight_files.LAYERS)
+    training = order[order.index(first):]
+    for layer in model.layers:
+        if layer.name in order and layer.name not in training:
+            layer.trainable = False
+    return training
+
+
+def gradient_multipliers(model, multiplier):
+    """One factor per trainable variable: `multiplier` for fc8's kernel and bias, 1 elsewhere.
+    Scaling a gradient scales SGD's step (momentum included) by the same factor, which is Caffe's
+    lr_mult; Adam's step does not scale with the gradient, so training.check_config refuses it there."""
+    fc8 = {id(variable) for variable in model.get_layer("fc8").trainable_variables}
+    return [multiplier if id(variable) in fc8 else 1.0 for variable in model.trainable_variables]
