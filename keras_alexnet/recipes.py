@@ -11,8 +11,11 @@
                 before anything was learned; docs/recipes.md has the runs behind it.
     demo        the built-in shapes data within 10 minutes on a 2-core CPU: 67 px (the smallest
                 input the net takes), batch 32, 10 epochs, Adam 5e-4 with 3 warm-up epochs.
+    finetune    a run started from --weights (keras_alexnet.finetune): Caffe's fine-tuning rates
+                (SGD 0.001, a new fc8 at 10x), no warm-up, cosine, batch 32, 10 epochs; the input
+                size is the weight file's. docs/finetune.md.
 
-`--recipe auto` (the default) picks demo for `shapes`, paper for 100,000 training images or more,
+`--recipe auto` (the default) picks finetune with --weights, demo for `shapes`, paper for 100,000 training images or more,
 small_data otherwise. Any setting given explicitly wins over the recipe. The chosen recipe and the
 reason are printed in the run's header and kept in config.json (`recipe`, `recipe_reason`).
 """
