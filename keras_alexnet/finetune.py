@@ -14,7 +14,6 @@ scripts/convert_weights.py --input RUN_DIR). docs/finetune.md has the recipe and
 import dataclasses
 import hashlib
 
-from keras_alexnet import model as model_lib
 from keras_alexnet import weights as weight_files
 from keras_alexnet.errors import UsageError
 
@@ -31,22 +30,6 @@ class Pretrained:
     path: str
     sha256: str
     source: weight_files.SourceWeights
-
-    @property
-    def pool5_size(self):
-        return self.source.pool5_size
-
-    def input_sizes(self):
-        """The input sizes whose pool5 map is the one fc6 was trained on (fc6's shape follows it)."""
-        variant = self.source.variant
-        return [size for size in range(model_lib.min_input_size(variant), 1024)
-                if model_lib.pool5_size(size, variant) == self.pool5_size]
-
-    def default_input_size(self):
-        """The size the file was made for: a .keras model's own, else 227 (Caffe) or 224 (torchvision)."""
-        sizes = self.input_sizes()
-        standard = self.source.input_size or (227 if self.source.variant == "paper" else 224)
-        return standard if standard in sizes else sizes[0]
 
 
 def read(path, allow_pickle=False):
@@ -71,20 +54,33 @@ def configure(config, pretrained):
     if config.groups not in (None, source.groups):
         raise UsageError(f"--groups={config.groups} contradicts --weights={path}, whose conv2/4/5 have {source.groups} "
                          "column(s): leave --groups out.")
-    sizes = pretrained.input_sizes()
+    sizes = source.input_sizes()
     if config.image_size is not None and config.image_size not in sizes:
         raise UsageError(f"--image_size={config.image_size} does not fit --weights={path}: its fc6 was trained on a "
-                         f"{pretrained.pool5_size}x{pretrained.pool5_size} pool5 map, which input sizes {sizes[0]}-{sizes[-1]} give: "
+                         f"{source.pool5_size}x{source.pool5_size} pool5 map, which input sizes {sizes[0]}-{sizes[-1]} give: "
                          "use one of those or leave --image_size out.")
     return dataclasses.replace(
         config, variant=source.variant, groups=source.groups, convention=source.convention,
-        weights_sha256=pretrained.sha256,
-        image_size=config.image_size or pretrained.default_input_size())
+        weights_sha256=pretrained.sha256, image_size=config.image_size or source.default_input_size())
 
 
 def classifier_is_new(pretrained, num_classes):
     """True when the file's fc8 has other classes than the dataset's (fc8 is then initialized afresh)."""
     return pretrained.source.num_classes != num_classes
+
+
+def classifier_lr_multiplier(config, pretrained, num_classes):
+    """fc8's rate / the base rate for a run whose recipe is applied: --classifier_lr_multiplier, or
+    NEW_CLASSIFIER_LR_MULTIPLIER for a new fc8 under SGD, else 1. Scaling a gradient scales SGD's
+    step but not Adam's, so a factor other than 1 with Adam is a UsageError."""
+    multiplier = config.classifier_lr_multiplier
+    if multiplier is None:
+        new = classifier_is_new(pretrained, num_classes)
+        return NEW_CLASSIFIER_LR_MULTIPLIER if new and config.optimizer == "sgd" else 1.0
+    if multiplier != 1.0 and config.optimizer != "sgd":
+        raise UsageError(f"--classifier_lr_multiplier={multiplier:g} needs --optimizer sgd: Adam's step does not grow "
+                         "with the gradient. Leave it out, or use sgd.")
+    return multiplier
 
 
 def load(model, pretrained, say):
@@ -99,19 +95,17 @@ def load(model, pretrained, say):
 
 
 def freeze(model, trainable):
-    """Freeze the layers below the first one that `trainable` names; returns the layers that train."""
-    first = TRAINABLE[trainable]
-    order = list(weight_files.LAYERS)
-    training = order[order.index(first):]
+    """Freeze the layers below the first one that `trainable` names."""
+    order = weight_files.LAYERS
+    frozen = order[:order.index(TRAINABLE[trainable])]
     for layer in model.layers:
-        if layer.name in order and layer.name not in training:
+        if layer.name in frozen:
             layer.trainable = False
-    return training
 
 
 def gradient_multipliers(model, multiplier):
     """One factor per trainable variable: `multiplier` for fc8's kernel and bias, 1 elsewhere.
     Scaling a gradient scales SGD's step (momentum included) by the same factor, which is Caffe's
-    lr_mult; Adam's step does not scale with the gradient, so training.check_config refuses it there."""
+    lr_mult; Adam's step does not scale with the gradient (classifier_lr_multiplier refuses it there)."""
     fc8 = {id(variable) for variable in model.get_layer("fc8").trainable_variables}
     return [multiplier if id(variable) in fc8 else 1.0 for variable in model.trainable_variables]

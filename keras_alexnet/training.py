@@ -115,7 +115,7 @@ def check_config(config):
         raise UsageError(f"--groups={config.groups} is not supported: use 1 or 2.")
     smallest = min_input_size(config.variant or "paper")
     if config.image_size is not None and config.image_size < smallest and not config.weights:
-        raise UsageError(f"--image_size={config.image_size} is below the minimum for --variant={config.variant}: use at least {smallest}.")
+        raise UsageError(f"--image_size={config.image_size} is below the minimum for --variant={config.variant or 'paper'}: use at least {smallest}.")
     for name in ("batch_size", "epochs", "steps_per_loop", "checkpoint_steps", "keep_checkpoints", "log_steps"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise UsageError(f"--{name}={getattr(config, name)} must be at least 1.")
@@ -185,14 +185,8 @@ def start_from(config, pretrained, info):
         config = dataclasses.replace(config, variant=config.variant or "paper", groups=config.groups or 2, convention="paper")
         return recipes.apply(config, info.num_examples["train"])
     config = recipes.apply(finetune.configure(config, pretrained), info.num_examples["train"])
-    multiplier = config.classifier_lr_multiplier
-    if multiplier is None:
-        new = finetune.classifier_is_new(pretrained, info.num_classes)
-        multiplier = finetune.NEW_CLASSIFIER_LR_MULTIPLIER if new and config.optimizer == "sgd" else 1.0
-    elif multiplier != 1.0 and config.optimizer != "sgd":
-        raise UsageError(f"--classifier_lr_multiplier={multiplier:g} needs --optimizer sgd: Adam's step does not grow "
-                         "with the gradient. Leave it out, or use sgd.")
-    return dataclasses.replace(config, classifier_lr_multiplier=multiplier)
+    return dataclasses.replace(
+        config, classifier_lr_multiplier=finetune.classifier_lr_multiplier(config, pretrained, info.num_classes))
 
 
 def resolve(config, strategy, info):

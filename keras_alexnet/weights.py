@@ -186,6 +186,23 @@ class SourceWeights:
             raise UsageError(f"{self.path}: fc6 has {self.layers['fc6'][0].shape[0]} inputs, not a square map of {channels} channels.")
         return side
 
+    def input_sizes(self):
+        """The input sides whose pool5 map is the one fc6 was trained on (fc6's shape follows it)."""
+        from keras_alexnet import model as model_lib  # here: model.py imports this module lazily too
+
+        side = self.pool5_size
+        sizes = [s for s in range(model_lib.min_input_size(self.variant), 1024) if model_lib.pool5_size(s, self.variant) == side]
+        if not sizes:
+            raise UsageError(f"{self.path}: no input size gives the {side}x{side} pool5 map that fc6 expects.")
+        return sizes
+
+    def default_input_size(self):
+        """The side the file was made for (a .keras model's own, else 227 for Caffe, 224 for
+        torchvision) if fc6 fits it, else the smallest side that fits fc6."""
+        sizes = self.input_sizes()
+        standard = self.input_size or (227 if self.variant == "paper" else 224)
+        return standard if standard in sizes else sizes[0]
+
 
 def read_weights(path, allow_pickle=False):
     """Read a weight file (see the module docstring) into a `SourceWeights` in Keras layout."""
@@ -256,8 +273,8 @@ def build_from_weights(path, allow_pickle=False, image_size=None):
 
     Caffe files give the paper's two-column net with Caffe's conventions, torchvision files the
     one-column net with torchvision's, a .keras file the model it holds. `image_size` defaults to
-    227 (Caffe) or 224 (torchvision), or, if fc6 was trained on another pool5 size, the smallest
-    size that gives it.
+    `SourceWeights.default_input_size()`: 227 (Caffe) or 224 (torchvision), or, if fc6 was trained
+    on another pool5 size, the smallest size that gives it.
     """
     if isinstance(path, SourceWeights):
         source = path
@@ -270,15 +287,7 @@ def build_from_weights(path, allow_pickle=False, image_size=None):
         source = read_weights(path, allow_pickle=allow_pickle)
     from keras_alexnet import model as model_lib  # here: model.py imports this module lazily too
 
-    if image_size is None:
-        standard = 227 if source.variant == "paper" else 224
-        pool5 = source.pool5_size
-        image_size = standard
-        if model_lib.pool5_size(standard, source.variant) != pool5:
-            sizes = [s for s in range(model_lib.min_input_size(source.variant), 1024) if model_lib.pool5_size(s, source.variant) == pool5]
-            if not sizes:
-                raise UsageError(f"{source.path}: no input size gives the {pool5}x{pool5} pool5 map that fc6 expects.")
-            image_size = sizes[0]
+    image_size = image_size or source.default_input_size()
     model = model_lib.build(
         num_classes=source.num_classes, input_shape=(image_size, image_size, 3), variant=source.variant,
         groups=source.groups, convention=source.convention,
@@ -602,9 +611,6 @@ def _shape_fix(source, name):
     if source.variant == "paper" and name in ("conv2", "conv4", "conv5"):
         return f"the file's net has {source.groups} column(s): build with groups={source.groups}."
     if name == "fc6":
-        from keras_alexnet import model as model_lib
-
-        side = source.pool5_size
-        size = next((s for s in range(model_lib.min_input_size(source.variant), 1024) if model_lib.pool5_size(s, source.variant) == side), None)
+        side, size = source.pool5_size, source.input_sizes()[0]
         return f"fc6 was trained on a {side}x{side} pool5 map: build with input_shape=({size}, {size}, 3), or include_top=False."
     return f"build with variant={source.variant!r} and the file's layer sizes."

@@ -12,6 +12,8 @@ with `keras_alexnet.build(weights="bvlc_alexnet.keras", ...)` or, after `import 
 See docs/weights.md.
 """
 
+import os
+
 from absl import flags
 
 import _cli as cli
@@ -31,8 +33,6 @@ def main(argv):
         cli.fail("--input and --output are required.")
     if not FLAGS.output.endswith(".keras"):
         cli.fail(f"--output={FLAGS.output}: the output is a Keras model file; name it *.keras.")
-    import os
-
     from keras_alexnet import weights
 
     if os.path.isdir(FLAGS.input):  # a training run: its newest readable checkpoint, with its conventions

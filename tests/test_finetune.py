@@ -162,4 +162,4 @@ def test_convert_weights_writes_a_training_run_as_keras(tmp_path, caffe_npz):
                                 f"--output={out}"], capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-2000:]
     pretrained = finetune.read(str(out))
-    assert (pretrained.source.convention, pretrained.source.num_classes, pretrained.default_input_size()) == ("caffe", 10, SIZE)
+    assert (pretrained.source.convention, pretrained.source.num_classes, pretrained.source.default_input_size()) == ("caffe", 10, SIZE)
