@@ -34,8 +34,7 @@ crops and the centre crop of the 256-scaled centre square, and their horizontal 
 
 import tensorflow as tf
 
-# Per-channel mean of the ImageNet training set, RGB, 0..255 (Caffe's, the contract's).
-IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
+from keras_alexnet.layers import IMAGENET_MEAN_RGB  # the model's input contract
 
 # PCA of the ImageNet training-set RGB pixel values in [0, 1] (§4.1; values from
 # fb.resnet.torch). Eigenvalues, and eigenvectors as the COLUMNS of the matrix

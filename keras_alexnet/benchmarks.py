@@ -281,7 +281,7 @@ def _median_summary(mode, results, setup):
 
 
 def train_benchmark(*, variant="paper", image_size=227, batch_size=64, precision=None, xla=None, strategy="default",
-                    tpu=None, steps_per_loop=1, num_batches=3, runs=5, warmup_batches=2, matmul_size=4096,
+                    tpu=None, num_gpus=None, steps_per_loop=1, num_batches=3, runs=5, warmup_batches=2, matmul_size=4096,
                     num_classes=1000, seed=0):
     """Training steps of the project's engine (`training.Trainer`: forward, backward, coupled
     weight decay, SGD with momentum) on a synthetic batch already on the device.
@@ -293,7 +293,7 @@ def train_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
     image), matmul_gflops_per_sec and ceiling_fraction (the per-run ratio of the two), the
     per-run figures ("runs") and the setup.
     """
-    strategy_object = distribute.get_strategy(strategy, tpu=tpu)
+    strategy_object = distribute.get_strategy(strategy, tpu=tpu, num_gpus=num_gpus)
     calls = max(1, num_batches // steps_per_loop)
     # The paper's step (SGD with momentum, coupled weight decay), whatever the dataset's recipe would be.
     config = recipes.apply(training.TrainConfig(
@@ -357,7 +357,7 @@ def _device_name():
 # -- infer ---------------------------------------------------------------------------------------
 
 def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision=None, xla=None, strategy="default",
-                    tpu=None, num_batches=5, latency_calls=10, runs=5, matmul_size=4096, num_classes=1000, seed=0):
+                    tpu=None, num_gpus=None, num_batches=5, latency_calls=10, runs=5, matmul_size=4096, num_classes=1000, seed=0):
     """Inference of the Keras model (a compiled predict step, XLA if `xla`) and of the exported
     SavedModel (`export.export_saved_model`, then `tf.saved_model.load` and its `predict_images`
     signature, which adds softmax and top-5), on synthetic preprocessed images.
@@ -369,7 +369,7 @@ def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
     float32 (as exported) and runs on the default device. Returns {"keras": summary,
     "saved_model": summary, ...setup}, each summary as `train_benchmark`'s.
     """
-    strategy_object = distribute.get_strategy(strategy, tpu=tpu)
+    strategy_object = distribute.get_strategy(strategy, tpu=tpu, num_gpus=num_gpus)
     kind = distribute.device_kind()
     precision = precision or distribute.default_precision(kind, strategy_object)
     # XLA by default on GPU and TPU only: on CPU the graph without it already runs at the matmul

@@ -30,6 +30,7 @@ import time
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
+from keras_alexnet.errors import first_line
 from keras_alexnet.model import build
 
 CONFIG_FILE = "config.json"
@@ -210,9 +211,7 @@ def _restore(checkpoint, prefix, partial):
     except (tf.errors.OpError, IndexError, DecodeError) as error:
         # IndexError: a data file cut short ("Read less bytes than requested"); OpError: a garbled
         # index, a checksum mismatch, a file gone; DecodeError: a garbled object graph.
-        message = getattr(error, "message", None) or str(error) or type(error).__name__
-        message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message.strip().splitlines()[0])
-        return message[:120]
+        return first_line(error, 120)
     return None
 
 

@@ -48,7 +48,7 @@ import tensorflow as tf
 from absl import logging
 
 from keras_alexnet import augment, prepare, shapes
-from keras_alexnet.errors import UsageError
+from keras_alexnet.errors import UsageError, first_line
 
 SPLITS = ("train", "validation")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -353,7 +353,7 @@ def _tfds_builder(name, data_dir, manual_dir):
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as error:  # DatasetNotFoundError and friends
-        raise UsageError(f"unknown TFDS dataset {name!r}: {str(error).splitlines()[0]}") from None
+        raise UsageError(f"unknown TFDS dataset {name!r}: {first_line(error)}") from None
     if not builder.is_prepared() and manual_dir:
         # Builds offline from the files in manual_dir (ImageNet: the two ILSVRC2012 tars).
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))

@@ -9,7 +9,7 @@ import os
 
 import tensorflow as tf
 
-from keras_alexnet.errors import UsageError
+from keras_alexnet.errors import UsageError, first_line
 
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 
@@ -64,11 +64,8 @@ def _tpu_strategy(tpu):
             tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, OSError, tf.errors.OpError) as error:  # OSError: a TPU name not resolved
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if len(first_line) > 120:
-            first_line = first_line[:117] + "..."
         raise UsageError(
-            f"--strategy=tpu: no TPU found (--tpu={tpu or ''!r}: {first_line}); run on a TPU VM with --tpu=local or name a TPU."
+            f"--strategy=tpu: no TPU found (--tpu={tpu or ''!r}: {first_line(error, 120)}); run on a TPU VM with --tpu=local or name a TPU."
         ) from None
     return tf.distribute.TPUStrategy(resolver)
 

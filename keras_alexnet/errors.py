@@ -1,5 +1,18 @@
 """Errors about user input: one line that names the input and the fix."""
 
+import re
+
 
 class UsageError(ValueError):
     """Bad user input (a flag, a path, a dataset string). Scripts print it as one line and exit 2."""
+
+
+def first_line(error, limit=160):
+    """The first non-empty line of an exception's message (or of a string), without TensorFlow's
+    "{{function_node ...}}" prefix and cut to `limit` characters: what a one-line error quotes.
+    An exception without a message gives its class name."""
+    text = error if isinstance(error, str) else (getattr(error, "message", None) or str(error))
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line = lines[0] if lines else ("" if isinstance(error, str) else type(error).__name__)
+    return line if len(line) <= limit else line[:limit - 3] + "..."

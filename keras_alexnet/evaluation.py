@@ -52,41 +52,22 @@ def model_probabilities(model):
     return probabilities
 
 
-def load_saved_model(path):
-    """Load an export of keras_alexnet.export with TensorFlow alone.
-
-    Returns (probabilities_fn, class_names, image_size); probabilities_fn maps preprocessed
-    float32 images [N, S, S, 3] to probabilities through the `predict_images` signature. Call it
-    under the strategy's scope to place the variables on every replica.
-    """
-    from keras_alexnet import export  # the signature and input names
-
-    if not tf.saved_model.contains_saved_model(path):
-        raise FileNotFoundError(f"{path} is not a SavedModel folder: pass a version folder such as saved_models/alexnet/1.")
-    loaded = tf.saved_model.load(path)
-    if export.IMAGES_SIGNATURE not in loaded.signatures:
-        raise FileNotFoundError(f"{path} has no {export.IMAGES_SIGNATURE!r} signature: export it with scripts/export.py.")
-    signature = loaded.signatures[export.IMAGES_SIGNATURE]
-    metadata = loaded.metadata()
-    class_names = [name.decode() for name in metadata["class_names"].numpy()]
-    image_size = int(metadata["image_size"].numpy())
-
-    def probabilities(images):
-        return signature(**{export.IMAGES_INPUT: images})["probabilities"]
-
-    probabilities.saved_model = loaded  # keeps the variables alive
-    return probabilities, class_names, image_size
+def top_k_hits(scores, labels, top_k=TOP_K):
+    """(top-1 hits, top-k hits), int64, of one batch: `scores` [B, C] (logits or probabilities:
+    the same ranking), `labels` int [B]; k is min(top_k, C). Ties rank by class index
+    (tf.math.top_k), so a class counts in the top k only if it is one of k classes. Training and
+    evaluation both count with this."""
+    labels = tf.cast(labels, tf.int32)
+    top = tf.math.top_k(scores, k=min(top_k, scores.shape[-1])).indices
+    hits = tf.equal(top, labels[:, None])
+    return tf.reduce_sum(tf.cast(hits[:, 0], tf.int64)), tf.reduce_sum(tf.cast(tf.reduce_any(hits, axis=1), tf.int64))
 
 
 def batch_counts(probabilities, labels, top_k=TOP_K):
     """Sums over one batch: [examples, top-1 hits, top-k hits] (int64) and the summed loss
     -log p(label) (float64). `probabilities`: [B, C]; `labels`: int [B]."""
     labels = tf.cast(labels, tf.int32)
-    k = min(top_k, probabilities.shape[-1])
-    top = tf.math.top_k(probabilities, k=k).indices
-    hits = tf.equal(top, labels[:, None])
-    top1 = tf.reduce_sum(tf.cast(hits[:, 0], tf.int64))
-    topk = tf.reduce_sum(tf.cast(tf.reduce_any(hits, axis=1), tf.int64))
+    top1, topk = top_k_hits(probabilities, labels, top_k)
     examples = tf.cast(tf.shape(labels)[0], tf.int64)
     p_label = tf.gather(probabilities, labels, batch_dims=1)
     loss = tf.reduce_sum(-tf.math.log(tf.maximum(tf.cast(p_label, tf.float64), 1e-30)))
@@ -109,7 +90,7 @@ def evaluate(probabilities_fn, dataset_fn, strategy=None, top_k=TOP_K, log_every
 
     Args:
         probabilities_fn: preprocessed images [N, S, S, 3] -> probabilities [N, C] (see
-            `model_probabilities`, `load_saved_model`); built under `strategy.scope()`.
+            `model_probabilities`, `export.load_saved_model`); built under `strategy.scope()`.
         dataset_fn: `input_context -> tf.data.Dataset` of (images, labels), batches of the
             per-replica size, finite, each example once across all input pipelines
             (`data.make_dataset(..., training=False, input_context=...)`). Images are

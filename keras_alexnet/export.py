@@ -32,14 +32,13 @@ import tensorflow as tf
 
 from keras_alexnet import augment
 from keras_alexnet.errors import UsageError
+from keras_alexnet.evaluation import TOP_K
 from keras_alexnet.run_lease import SETTLE_SECONDS, claims_need_settling
 
 SERVING_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "predict_images"
 IMAGE_BYTES_INPUT = "image_bytes"
 IMAGES_INPUT = "images"
-OUTPUTS = ("probabilities", "top_k_indices", "top_k_scores", "top_k_labels")
-TOP_K = 5
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 
 
@@ -347,3 +346,32 @@ def prediction_log(model_name, signature_name, inputs):
         entry = _field(_MAP_ENTRY_KEY, name.encode()) + _field(_MAP_ENTRY_VALUE, inputs[name].SerializeToString())
         request += _field(_PREDICT_REQUEST_INPUTS, entry)
     return _field(_PREDICTION_LOG_PREDICT_LOG, _field(_PREDICT_LOG_REQUEST, request))
+
+
+def check_saved_model(path):
+    """FileNotFoundError naming the fix unless `path` is a SavedModel folder."""
+    if not tf.saved_model.contains_saved_model(path):
+        raise FileNotFoundError(f"{path} is not a SavedModel folder: pass a version folder such as saved_models/alexnet/1.")
+
+
+def load_saved_model(path):
+    """Load an export of this module with TensorFlow alone.
+
+    Returns (probabilities_fn, class_names, image_size); probabilities_fn maps preprocessed
+    float32 images [N, S, S, 3] to probabilities through the `predict_images` signature. Call it
+    under the strategy's scope to place the variables on every replica.
+    """
+    check_saved_model(path)
+    loaded = tf.saved_model.load(path)
+    if IMAGES_SIGNATURE not in loaded.signatures:
+        raise FileNotFoundError(f"{path} has no {IMAGES_SIGNATURE!r} signature: export it with scripts/export.py.")
+    signature = loaded.signatures[IMAGES_SIGNATURE]
+    metadata = loaded.metadata()
+    class_names = [name.decode() for name in metadata["class_names"].numpy()]
+    image_size = int(metadata["image_size"].numpy())
+
+    def probabilities(images):
+        return signature(**{IMAGES_INPUT: images})["probabilities"]
+
+    probabilities.saved_model = loaded  # keeps the variables alive
+    return probabilities, class_names, image_size

@@ -1,6 +1,8 @@
-"""The two custom layers of the paper's network: LRN (§3.3) and the two-column convolution (§3.2).
+"""The custom layers: the paper's LRN (§3.3) and two-column convolution (§3.2), and the
+InputAdapter that lets a model carry weights trained on another input convention (Caffe's,
+torchvision's), with the constants of those conventions.
 
-Both are written with `keras.ops` only, so they run on every Keras backend, serialize without
+All are written with `keras.ops` only, so they run on every Keras backend, serialize without
 Lambda layers, and put no XLA-only function into a SavedModel (docs/platform.md).
 """
 
@@ -9,6 +11,22 @@ import numpy as np
 from keras import ops
 
 PACKAGE = "keras_alexnet"
+
+# The model's input contract: RGB on 0..255 minus this per-channel mean of the ImageNet training
+# set (Caffe's), with no division by a standard deviation (the paper's and Caffe's convention).
+IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
+
+# The input conventions of the weights a model can carry: "paper" (the contract above), "caffe"
+# (bvlc_alexnet) and "torchvision" (torchvision's alexnet). InputAdapter maps the contract to the
+# other two.
+CONVENTIONS = ("paper", "caffe", "torchvision")
+
+# ilsvrc_2012_mean.npy (Caffe's per-pixel training mean, BGR) averaged over its pixels: the mean
+# that Caffe's own classification example subtracts.
+CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
+# torchvision's ImageNet normalization of RGB in [0, 1].
+TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
+TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -177,4 +195,49 @@ class TwoColumnConv2D(keras.layers.Layer):
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             }
         )
+        return config
+
+
+def input_offset_and_scale(convention):
+    """Per-channel (offset, scale) with source_input = (contract_input + offset) * scale, RGB order."""
+    mean = np.asarray(IMAGENET_MEAN_RGB, dtype=np.float64)
+    if convention == "caffe":
+        return mean - np.asarray(CAFFE_MEAN_BGR[::-1]), np.ones(3)
+    if convention == "torchvision":
+        return mean - 255.0 * np.asarray(TORCHVISION_MEAN_RGB), 1.0 / (255.0 * np.asarray(TORCHVISION_STD_RGB))
+    raise ValueError(f"no input adapter for convention {convention!r}; expected 'caffe' or 'torchvision'.")
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class InputAdapter(keras.layers.Layer):
+    """Maps the package's input to the input that imported weights were trained on.
+
+    The model's input is always RGB on 0..255 minus `IMAGENET_MEAN_RGB` (the contract); this
+    layer, the first of a converted model, computes `(x + offset) * scale` per channel:
+
+        convention="caffe":       x + mean_rgb - caffe_mean_rgb  (Caffe subtracts its own mean;
+                                  the BGR order is folded into conv1's kernels at conversion)
+        convention="torchvision": (x + mean_rgb - 255 * tv_mean) / (255 * tv_std)
+
+    The offset and scale follow from the convention's constants (`input_offset_and_scale`), so
+    the saved config is just the convention's name.
+    """
+
+    def __init__(self, convention, **kwargs):
+        super().__init__(**kwargs)
+        offset, scale = input_offset_and_scale(convention)
+        self.convention = convention
+        self._offset = offset.astype(np.float32)
+        self._scale = scale.astype(np.float32)
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        return ops.cast((x + self._offset) * self._scale, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"convention": self.convention})
         return config

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_alexnet.layers import LocalResponseNormalization, TwoColumnConv2D
+from keras_alexnet.layers import CONVENTIONS, InputAdapter, LocalResponseNormalization, TwoColumnConv2D
 
 VARIANTS = ("paper", "one_column")
 INITS = ("caffe", "paper")
@@ -68,8 +68,7 @@ def build(
     weight_decay=0.0,
     seed=None,
     name=None,
-    weights=None,
-    convention=None,
+    convention="paper",
 ):
     """Build AlexNet as a Keras functional model.
 
@@ -103,15 +102,13 @@ def build(
             gradient is exactly wd*w. The paper uses 5e-4; 0 adds none.
         seed: seed for the initializers and dropout; None for a random one.
         name: model name; defaults to "alexnet" or "alexnet_one_column".
-        weights: None (initialize with `init`) or a weight file to load: Caffe's bvlc_alexnet
-            (.caffemodel, .npz; variant="paper"), torchvision's alexnet state_dict (.pth;
-            variant="one_column") or a .keras model. See keras_alexnet.weights and docs/weights.md.
-            fc8 is loaded only if num_classes matches the file's (else it keeps `init`).
         convention: whose layer constants and input normalization the net uses, while its input
             stays the contract (RGB, 0..255, minus the ImageNet mean): "paper" (LRN k=2, alpha 1e-4),
             "caffe" (Caffe's LRN k=1, alpha 1e-4/5; an InputAdapter layer swaps in Caffe's mean) or
-            "torchvision" (an InputAdapter layer applies torchvision's mean/std). Defaults to the
-            convention of `weights`, or "paper".
+            "torchvision" (an InputAdapter layer applies torchvision's mean/std).
+
+    This builds; it reads no file. `keras_alexnet.build(..., weights=FILE)` is this plus
+    `keras_alexnet.weights.load_weights` (the file's convention by default).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
@@ -128,13 +125,7 @@ def build(
     if classifier_activation not in (None, "softmax"):
         raise ValueError(f"classifier_activation must be None or 'softmax', got {classifier_activation!r}.")
 
-    if convention is None:
-        convention = "paper"
-        if weights is not None:
-            from keras_alexnet import weights as weight_files  # lazy: weights.py needs this module
-
-            convention = weight_files.convention_of(weights)
-    if convention not in ("paper", "caffe", "torchvision"):
+    if convention not in CONVENTIONS:
         raise ValueError(f"convention must be 'paper', 'caffe' or 'torchvision', got {convention!r}.")
 
     seeds = keras.random.SeedGenerator(seed) if seed is not None else None
@@ -155,8 +146,6 @@ def build(
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     if convention != "paper":
-        from keras_alexnet.weights import InputAdapter
-
         x = InputAdapter(convention, name="input_adapter")(x)
     convs = _PAPER_CONVS if variant == "paper" else _ONE_COLUMN_CONVS
     for index, (filters, kernel, stride, pad) in enumerate(convs, start=1):
@@ -184,7 +173,7 @@ def build(
             x = keras.layers.MaxPooling2D(pool_size=3, strides=2, name=f"pool{index}")(x)
 
     if not include_top:
-        return _with_weights(keras.Model(inputs, x, name=name or f"alexnet_{variant}_features"), weights)
+        return keras.Model(inputs, x, name=name or f"alexnet_{variant}_features")
 
     x = keras.layers.Flatten(name="flatten")(x)
     if variant == "paper":
@@ -203,14 +192,6 @@ def build(
         num_classes, activation=classifier_activation, dtype="float32", name="fc8", **initializers("fc8")
     )(x)
     model = keras.Model(inputs, outputs, name=name or ("alexnet" if variant == "paper" else "alexnet_one_column"))
-    return _with_weights(model, weights)
-
-
-def _with_weights(model, weights):
-    if weights is not None:
-        from keras_alexnet.weights import load_weights
-
-        load_weights(model, weights)
     return model
 
 

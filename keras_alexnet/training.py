@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, finetune, optimization, recipes, run_lease
-from keras_alexnet.errors import UsageError
+from keras_alexnet.errors import UsageError, first_line
 from keras_alexnet.logs import Progress, RunLog
 from keras_alexnet.model import VARIANTS, INITS, min_input_size
 
@@ -152,8 +152,8 @@ def _check_writable(path, flag):
             f.write("")
         tf.io.gfile.remove(probe)
     except (OSError, tf.errors.OpError) as error:
-        reason = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
-        raise UsageError(f"{flag}={path} is not writable ({reason.strip().splitlines()[0]}): "
+        reason = getattr(error, "strerror", None) or error
+        raise UsageError(f"{flag}={path} is not writable ({first_line(reason)}): "
                          "choose a directory you can write to.") from None
 
 
@@ -220,7 +220,6 @@ class Trainer:
         self.config = config
         self.strategy = strategy
         self.num_classes = num_classes
-        self.top_k = min(5, num_classes)
         total_steps = config.epochs * config.steps_per_epoch
         with strategy.scope():
             self.model = checkpoints.build_from_config(
@@ -251,9 +250,7 @@ class Trainer:
     # -- compiled steps -----------------------------------------------------------------------
 
     def _statistics(self, logits, labels, per_example_loss):
-        labels = tf.cast(labels, tf.int32)
-        top1 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, 1), tf.float32))
-        top5 = tf.reduce_sum(tf.cast(tf.math.in_top_k(labels, logits, self.top_k), tf.float32))
+        top1, top5 = (tf.cast(hits, tf.float32) for hits in evaluation.top_k_hits(logits, labels))
         count = tf.cast(tf.shape(labels)[0], tf.float32)
         return tf.stack([tf.reduce_sum(per_example_loss), top1, top5, count])
 
@@ -607,8 +604,7 @@ def _save(manager, step):
     try:
         manager.save(checkpoint_number=step)
     except (OSError, tf.errors.OpError) as error:
-        message = getattr(error, "message", None) or str(error)
         raise UsageError(
-            f"could not write a checkpoint to {manager.directory} ({message.strip().splitlines()[0]}): "
+            f"could not write a checkpoint to {manager.directory} ({first_line(error)}): "
             "free disk space or choose another --model_dir; earlier checkpoints are intact."
         ) from None

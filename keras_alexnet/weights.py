@@ -22,7 +22,7 @@ Supported files (see docs/weights.md for where to get them):
       *.keras        a model saved by Keras, e.g. by scripts/convert_weights.py.
 
 A converted model computes what the source computed, with the package's input contract
-(RGB, 0..255, minus `augment.IMAGENET_MEAN_RGB`), because the conventions travel with it:
+(RGB, 0..255, minus `layers.IMAGENET_MEAN_RGB`), because the conventions travel with it:
     caffe:       LRN with Caffe's constants (k=1, alpha 1e-4 / local_size 5; docs/paper.md, §3.3), conv1's
                  kernels reordered from Caffe's BGR to RGB input channels, and an `InputAdapter`
                  that replaces the contract's mean by Caffe's (BGR 104.007, 116.669, 122.679);
@@ -40,18 +40,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_alexnet.augment import IMAGENET_MEAN_RGB
-from keras_alexnet.errors import UsageError
-
-PACKAGE = "keras_alexnet"
-CONVENTIONS = ("paper", "caffe", "torchvision")
-
-# ilsvrc_2012_mean.npy (Caffe's per-pixel training mean, BGR) averaged over its pixels: the mean
-# that Caffe's own classification example subtracts.
-CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
-# torchvision's ImageNet normalization of RGB in [0, 1].
-TORCHVISION_MEAN_RGB = (0.485, 0.456, 0.406)
-TORCHVISION_STD_RGB = (0.229, 0.224, 0.225)
+from keras_alexnet import model as model_lib
+from keras_alexnet.errors import UsageError, first_line
+from keras_alexnet.layers import InputAdapter, TwoColumnConv2D
 
 CONV_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 DENSE_LAYERS = ("fc6", "fc7", "fc8")
@@ -65,51 +56,6 @@ _CAFFE_SUFFIXES = (".caffemodel", ".npz", ".npy")
 _TORCH_SUFFIXES = (".pth", ".pt")
 
 _log = logging.getLogger(__name__)
-
-
-def input_offset_and_scale(convention):
-    """Per-channel (offset, scale) with source_input = (contract_input + offset) * scale, RGB order."""
-    mean = np.asarray(IMAGENET_MEAN_RGB, dtype=np.float64)
-    if convention == "caffe":
-        return mean - np.asarray(CAFFE_MEAN_BGR[::-1]), np.ones(3)
-    if convention == "torchvision":
-        return mean - 255.0 * np.asarray(TORCHVISION_MEAN_RGB), 1.0 / (255.0 * np.asarray(TORCHVISION_STD_RGB))
-    raise ValueError(f"no input adapter for convention {convention!r}; expected 'caffe' or 'torchvision'.")
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class InputAdapter(keras.layers.Layer):
-    """Maps the package's input to the input that imported weights were trained on.
-
-    The model's input is always RGB on 0..255 minus `IMAGENET_MEAN_RGB` (the contract); this
-    layer, the first of a converted model, computes `(x + offset) * scale` per channel:
-
-        convention="caffe":       x + mean_rgb - caffe_mean_rgb  (Caffe subtracts its own mean;
-                                  the BGR order is folded into conv1's kernels at conversion)
-        convention="torchvision": (x + mean_rgb - 255 * tv_mean) / (255 * tv_std)
-
-    The offset and scale follow from the convention's constants (`input_offset_and_scale`), so
-    the saved config is just the convention's name.
-    """
-
-    def __init__(self, convention, **kwargs):
-        super().__init__(**kwargs)
-        offset, scale = input_offset_and_scale(convention)
-        self.convention = convention
-        self._offset = offset.astype(np.float32)
-        self._scale = scale.astype(np.float32)
-
-    def call(self, inputs):
-        x = ops.cast(inputs, "float32")
-        return ops.cast((x + self._offset) * self._scale, self.compute_dtype)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"convention": self.convention})
-        return config
 
 
 def convention_of_model(model):
@@ -188,8 +134,6 @@ class SourceWeights:
 
     def input_sizes(self):
         """The input sides whose pool5 map is the one fc6 was trained on (fc6's shape follows it)."""
-        from keras_alexnet import model as model_lib  # here: model.py imports this module lazily too
-
         side = self.pool5_size
         sizes = [s for s in range(model_lib.min_input_size(self.variant), 1024) if model_lib.pool5_size(s, self.variant) == side]
         if not sizes:
@@ -285,8 +229,6 @@ def build_from_weights(path, allow_pickle=False, image_size=None):
         return model
     else:
         source = read_weights(path, allow_pickle=allow_pickle)
-    from keras_alexnet import model as model_lib  # here: model.py imports this module lazily too
-
     image_size = image_size or source.default_input_size()
     model = model_lib.build(
         num_classes=source.num_classes, input_shape=(image_size, image_size, 3), variant=source.variant,
@@ -556,7 +498,7 @@ def _read_torch_state_dict(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise UsageError(f"{path}: not a plain state_dict (torch.load(weights_only=True) refused it: {str(error).splitlines()[0]}).") from None
+        raise UsageError(f"{path}: not a plain state_dict (torch.load(weights_only=True) refused it: {first_line(error)}).") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -586,7 +528,7 @@ def _load_keras_model(path):
     try:
         model = keras.saving.load_model(path, compile=False)
     except (zipfile.BadZipFile, ValueError, TypeError) as error:
-        raise UsageError(f"{path}: not a .keras model that keras_alexnet can read ({str(error).splitlines()[0]}).") from None
+        raise UsageError(f"{path}: not a .keras model that keras_alexnet can read ({first_line(error)}).") from None
     if not isinstance(model, keras.Model) or "conv1" not in [layer.name for layer in model.layers]:
         raise UsageError(f"{path}: not an AlexNet built by keras_alexnet (no conv1 layer).")
     return model
@@ -597,14 +539,8 @@ def _check_file(path):
         raise FileNotFoundError(f"{path}: no such weight file.")
 
 
-def _two_column_class():
-    from keras_alexnet.layers import TwoColumnConv2D
-
-    return TwoColumnConv2D
-
-
 def _model_variant(model):
-    return "paper" if isinstance(model.get_layer("conv1"), _two_column_class()) else "one_column"
+    return "paper" if isinstance(model.get_layer("conv1"), TwoColumnConv2D) else "one_column"
 
 
 def _shape_fix(source, name):

@@ -33,6 +33,7 @@ import sys
 from absl import flags
 
 import _cli as cli
+import _flags
 
 MODES = ("input", "train", "infer")
 # Mode defaults of --batch_size and --num_batches: train/infer at the issue's batch 64; a training
@@ -49,9 +50,7 @@ flags.DEFINE_enum("precision", None, ["float32", "mixed_float16", "mixed_bfloat1
                   "train/infer: dtype policy (default as scripts/train.py: float32 on CPU, mixed on GPU/TPU).")
 flags.DEFINE_bool("xla", None, "train/infer: XLA-compile the forward (and backward) pass (default: train on, as "
                   "scripts/train.py; infer on for GPU/TPU, off on CPU).")
-flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
-                  "train/infer: tf.distribute strategy, as in scripts/train.py.")
-flags.DEFINE_string("tpu", None, "TPU for --strategy=tpu ('local' on a TPU VM).")
+_flags.define_strategy_flags()  # train/infer
 flags.DEFINE_integer("steps_per_loop", 1, "train: steps per call into the compiled loop.")
 flags.DEFINE_integer("runs", 5, "Timed runs; medians are reported.")
 flags.DEFINE_integer("num_batches", None, "Batches timed per run. Default: 3 for train, 5 for infer, 20 for input.")
@@ -124,7 +123,7 @@ def main(argv):
             variant=FLAGS.variant, image_size=FLAGS.image_size, batch_size=batch_size, xla=bool(FLAGS.xla),
             repeats=FLAGS.runs, backward=mode == "train"), mode, batch_size)
     model_flags = dict(variant=FLAGS.variant, image_size=FLAGS.image_size, batch_size=batch_size,
-                       precision=FLAGS.precision, xla=FLAGS.xla, strategy=FLAGS.strategy, tpu=FLAGS.tpu,
+                       precision=FLAGS.precision, xla=FLAGS.xla, strategy=FLAGS.strategy, tpu=FLAGS.tpu, num_gpus=FLAGS.num_gpus,
                        num_batches=num_batches, runs=FLAGS.runs, matmul_size=FLAGS.matmul_size)
     if mode == "train":
         result = benchmarks.train_benchmark(steps_per_loop=FLAGS.steps_per_loop, **model_flags)

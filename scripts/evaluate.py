@@ -16,20 +16,15 @@ import sys
 from absl import flags
 
 import _cli as cli
+import _flags
 
 flags.DEFINE_string("model_dir", None, "A training run's directory (config.json and checkpoints/).")
 flags.DEFINE_string("checkpoint", None, "A checkpoint path prefix in --model_dir (default: the newest).")
 flags.DEFINE_string("saved_model", None, "A SavedModel version folder written by scripts/export.py (instead of --model_dir).")
-flags.DEFINE_string("dataset", None, "shapes | synthetic | folder:PATH | tfrecord:GLOB | tfds:NAME (default: the run's).")
-flags.DEFINE_enum("split", "validation", ["validation", "train"], "The split to evaluate.")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the run's).")
-flags.DEFINE_string("manual_dir", None, "TFDS manual_dir (default: the run's).")
+_flags.define_run_data_flags("validation", "The split to evaluate.")
 flags.DEFINE_enum("crops", "1", ["1", "10"], "1: the centre view; 10: four corners, centre and their mirrors, softmax averaged (§4.1).")
 flags.DEFINE_integer("batch_size", 64, "Global batch size (examples; ten-crop runs 10 views per example), split over the replicas.")
-flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
-                  "tf.distribute strategy: auto is mirrored for 2+ GPUs, one_device for one GPU, default otherwise (see scripts/train.py).")
-flags.DEFINE_string("tpu", None, "TPU for --strategy tpu: 'local' on a TPU VM, or a name or grpc:// address.")
-flags.DEFINE_integer("num_gpus", None, "Use only the first N GPUs (default: all).")
+_flags.define_strategy_flags()
 flags.DEFINE_string("output", None, "Write the JSON result here (default with --model_dir: <model_dir>/eval_<split>_<crops>crop.json).")
 flags.DEFINE_integer("log_every", 0, "Print progress every N steps (0: never).")
 
@@ -39,7 +34,7 @@ FLAGS = flags.FLAGS
 def run():
     import tensorflow as tf
 
-    from keras_alexnet import checkpoints, data, distribute, evaluation
+    from keras_alexnet import checkpoints, data, distribute, evaluation, export
     from keras_alexnet.errors import UsageError
 
     crops = int(FLAGS.crops)
@@ -65,7 +60,7 @@ def run():
             class_names, image_size = config.get("class_names"), int(config["image_size"])
             num_classes = int(config["num_classes"])
         else:
-            probabilities, class_names, image_size = evaluation.load_saved_model(FLAGS.saved_model)
+            probabilities, class_names, image_size = export.load_saved_model(FLAGS.saved_model)
             num_classes = len(class_names)
 
     if info.num_classes != num_classes:

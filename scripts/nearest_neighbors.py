@@ -15,14 +15,12 @@ import os
 from absl import flags
 
 import _cli as cli
+import _flags
 
 flags.DEFINE_string("model_dir", None, "A training run's directory (config.json and checkpoints/).")
 flags.DEFINE_string("weights", None, "A weight file instead: .keras, Caffe .caffemodel/.npz/.npy, torchvision .pth.")
 flags.DEFINE_bool("allow_pickle", False, "Read a pickled .npy (unpickling a file can run code: only files you trust).")
-flags.DEFINE_string("dataset", None, "The images to search: shapes | folder:PATH | tfrecord:GLOB | tfds:NAME (default: the run's).")
-flags.DEFINE_enum("split", "train", ["train", "validation"], "The split to search.")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: the run's).")
-flags.DEFINE_string("manual_dir", None, "TFDS manual_dir (default: the run's).")
+_flags.define_run_data_flags("train", "The split to search.")
 flags.DEFINE_list("queries", [], "Query image files (JPEG, PNG, GIF, BMP), comma-separated. Default: --num_queries images of --query_split.")
 flags.DEFINE_enum("query_split", "validation", ["train", "validation"], "Where queries come from when --queries is empty.")
 flags.DEFINE_integer("num_queries", 5, "Queries taken from --query_split (the paper shows 5).")

@@ -28,8 +28,7 @@ def load_predictor():
     from keras_alexnet import checkpoints, export
 
     if FLAGS.saved_model:
-        if not tf.saved_model.contains_saved_model(FLAGS.saved_model):
-            raise FileNotFoundError(f"{FLAGS.saved_model} is not a SavedModel folder: pass a version folder such as saved_models/alexnet/1.")
+        export.check_saved_model(FLAGS.saved_model)
         signature = tf.saved_model.load(FLAGS.saved_model).signatures[export.SERVING_SIGNATURE]
         return lambda image_bytes: signature(**{export.IMAGE_BYTES_INPUT: image_bytes})
     model, config = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint)

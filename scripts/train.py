@@ -22,18 +22,15 @@ import sys
 from absl import flags
 
 import _cli as cli
+import _flags
 
 flags.DEFINE_enum("recipe", "auto", ["auto", "paper", "small_data", "demo", "finetune"],
                   "What unset flags mean. auto: finetune with --weights (SGD 0.001, new fc8 x10, no warm-up, cosine, "
                   "decay 5e-4, batch 32, 10 epochs, the file's input size), demo on shapes, paper (§5: SGD 0.01 x batch/128, plateau /10, decay 5e-4, "
                   "227 px, batch 128, 90 epochs) for 100,000+ training images, small_data (SGD 0.01 unscaled, 1 warm-up epoch, "
                   "cosine, decay 5e-4, 227 px, batch 32, 30 epochs) under that. docs/recipes.md.")
-flags.DEFINE_enum("strategy", "auto", ["auto", "default", "one_device", "mirrored", "multi_worker", "tpu"],
-                  "tf.distribute strategy. auto: TPU if --tpu is set, mirrored for 2+ GPUs, one_device for one GPU, "
-                  "default otherwise. multi_worker reads TF_CONFIG.")
-flags.DEFINE_string("tpu", None, "TPU to use with --strategy tpu (or auto): 'local' on a TPU VM, else a TPU name or grpc:// address.")
-flags.DEFINE_integer("num_gpus", None, "Use only the first N GPUs (default: all).")
-flags.DEFINE_string("dataset", "shapes", "shapes (built-in demo) | synthetic | folder:PATH | tfrecord:GLOB | tfds:NAME.")
+_flags.define_strategy_flags()
+flags.DEFINE_string("dataset", "shapes", f"{_flags.DATASET_FORMS}; shapes is the built-in demo.")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir for tfds: datasets.")
 flags.DEFINE_string("manual_dir", None, "TFDS manual_dir holding the ILSVRC2012 tars for tfds:imagenet2012.")
 flags.DEFINE_string("data_service", None, "tf.data service dispatcher (grpc://host:port) to run preprocessing on.")

@@ -3,7 +3,7 @@ import pytest
 import tensorflow as tf
 
 import keras_alexnet
-from keras_alexnet import distribute, evaluation
+from keras_alexnet import distribute, evaluation, export
 
 SIZE = 67
 CLASSES = 6
@@ -129,7 +129,7 @@ def test_keras_model_and_saved_model_give_the_same_result(tmp_path):
     from_keras = evaluation.evaluate(evaluation.model_probabilities(model), dataset_fn)
     strategy = mirrored()
     with strategy.scope():
-        probabilities, class_names, image_size = evaluation.load_saved_model(path)
+        probabilities, class_names, image_size = export.load_saved_model(path)
     from_export = evaluation.evaluate(probabilities, dataset_fn, strategy=strategy)
     assert class_names == [f"c{i}" for i in range(CLASSES)] and image_size == SIZE
     expected = expected_metrics(tf.nn.softmax(model(images, training=False)).numpy(), labels)
@@ -141,7 +141,7 @@ def test_keras_model_and_saved_model_give_the_same_result(tmp_path):
 
 def test_load_saved_model_rejects_other_folders(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a SavedModel"):
-        evaluation.load_saved_model(str(tmp_path))
+        export.load_saved_model(str(tmp_path))
 
 
 def test_empty_dataset_is_an_error():

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import keras_alexnet
-from keras_alexnet import weights
+from keras_alexnet import layers, weights
 from keras_alexnet.augment import IMAGENET_MEAN_RGB
 from keras_alexnet.errors import UsageError
 
@@ -90,7 +90,7 @@ def caffe_max_pool(x, kernel=3, stride=2):
 
 def caffe_forward(blobs, images_rgb, lrn_k=1.0, lrn_alpha=1e-4):
     """bvlc_alexnet's deploy net on images (RGB 0..255): BGR, minus Caffe's mean, NCHW, float64."""
-    x = images_rgb[..., ::-1].astype(np.float64) - np.asarray(weights.CAFFE_MEAN_BGR)
+    x = images_rgb[..., ::-1].astype(np.float64) - np.asarray(layers.CAFFE_MEAN_BGR)
     x = x.transpose(0, 3, 1, 2)
     relu = lambda v: np.maximum(v, 0)  # noqa: E731
     for name, _, _, _, stride, pad, groups in CAFFE_CONVS:
@@ -403,7 +403,7 @@ def test_torchvision_state_dict_matches_torch(tmp_path):
     path = tmp_path / "alexnet.pth"
     torch.save(net.state_dict(), path)
     images = random_images(224)
-    mean, std = np.asarray(weights.TORCHVISION_MEAN_RGB), np.asarray(weights.TORCHVISION_STD_RGB)
+    mean, std = np.asarray(layers.TORCHVISION_MEAN_RGB), np.asarray(layers.TORCHVISION_STD_RGB)
     torch_input = torch.from_numpy(((images / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32))
     with torch.no_grad():
         reference = net(torch_input).numpy()

@@ -1,0 +1,77 @@
+"""The package's shape (docs/architecture.md): its modules import each other without a cycle, and
+what the scripts define once agrees with the library."""
+
+import ast
+import pathlib
+
+import keras_alexnet
+
+PACKAGE_DIR = pathlib.Path(keras_alexnet.__file__).parent
+
+
+def imports_of(path):
+    """Names of the keras_alexnet modules that the file at `path` imports, at any depth of its code."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module == "keras_alexnet":
+            found.update(alias.name for alias in node.names if (PACKAGE_DIR / f"{alias.name}.py").exists())
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keras_alexnet."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[1] for alias in node.names if alias.name.startswith("keras_alexnet."))
+    return found
+
+
+def import_graph():
+    """{module: modules it imports} for every module of the package but __init__."""
+    return {path.stem: imports_of(path) - {path.stem} for path in PACKAGE_DIR.glob("*.py") if path.stem != "__init__"}
+
+
+def find_cycle(graph):
+    """One import cycle as a list of modules [a, b, ..., a], or None."""
+    done, path = set(), []
+
+    def visit(module):
+        if module in path:
+            return path[path.index(module):] + [module]
+        if module in done:
+            return None
+        path.append(module)
+        for imported in sorted(graph.get(module, ())):
+            cycle = visit(imported)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        cycle = visit(module)
+        if cycle:
+            return cycle
+    return None
+
+
+def test_the_package_has_no_import_cycle():
+    graph = import_graph()
+    assert {"model", "weights", "layers", "training", "data"} <= set(graph)
+    assert "model" in graph["weights"]  # loading builds; building loads nothing
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"model": {"weights"}, "weights": {"layers", "model"}, "layers": set()}) == ["model", "weights", "model"]
+    assert find_cycle({"model": {"layers"}, "weights": {"model"}, "layers": set()}) is None
+
+
+def test_the_scripts_strategy_flag_offers_what_distribute_accepts():
+    import sys
+
+    sys.path.insert(0, str(PACKAGE_DIR.parent / "scripts"))
+    try:
+        import _flags
+    finally:
+        sys.path.pop(0)
+    from keras_alexnet import distribute
+
+    assert _flags.STRATEGIES == distribute.STRATEGIES
