@@ -1,0 +1,74 @@
+"""keras_alexnet.distribute on its own: strategy choice, one-line errors, and the machine facts the
+precision and XLA defaults read (tests/test_benchmarks.py has default_xla's table)."""
+
+import os
+
+import pytest
+import tensorflow as tf
+
+from keras_alexnet import distribute
+from keras_alexnet.errors import UsageError
+
+ZEN5_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 9B45
+flags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 avx512_vnni
+
+processor\t: 1
+model name\t: a second core, not read
+"""
+
+
+@pytest.mark.parametrize("name, expected", [("auto", "_DefaultDistributionStrategy"), ("default", "_DefaultDistributionStrategy"),
+                                            ("one_device", "OneDeviceStrategy"), ("mirrored", "MirroredStrategy")])
+def test_strategies_on_a_cpu_only_machine(name, expected):
+    strategy = distribute.get_strategy(name)
+    assert type(strategy).__name__ == expected
+    assert distribute.is_chief(strategy) and distribute.worker_id(strategy) == "worker0"
+
+
+def test_the_same_devices_give_the_same_mirrored_strategy():
+    assert distribute.get_strategy("mirrored") is distribute.get_strategy("mirrored")
+
+
+def test_strategy_names_for_people():
+    assert distribute.strategy_name(tf.distribute.get_strategy()) == "default strategy"
+    assert distribute.strategy_name(distribute.get_strategy("one_device")) == "OneDeviceStrategy"
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: distribute.get_strategy("gpu"), "--strategy='gpu' is unknown: use one of auto, default"),
+    (lambda: distribute.get_strategy("auto", num_gpus=1), "--num_gpus=1 but this machine has 0 GPU(s): lower --num_gpus."),
+])
+def test_bad_strategy_input_is_a_usage_error(call, message):
+    with pytest.raises(UsageError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        call()
+
+
+def test_multi_worker_without_tf_config_names_the_variable(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(UsageError, match="needs the TF_CONFIG environment variable"):
+        distribute.get_strategy("multi_worker")
+
+
+def test_precision_on_a_cpu_is_float32():
+    assert distribute.device_kind() == "cpu"
+    assert distribute.default_precision("cpu") == "float32"
+    assert distribute.default_precision("tpu") == "mixed_bfloat16"
+
+
+def test_cpu_features_and_description_read_the_first_processor(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(ZEN5_CPUINFO)
+    assert distribute.cpu_features(str(cpuinfo)) == {"avx2", "fma", "avx512f", "avx512_bf16"}
+    assert distribute.cpu_description(str(cpuinfo)) == "AMD EPYC 9B45 (avx2 fma avx512f avx512_bf16)"
+
+
+def test_a_machine_without_proc_cpuinfo_has_no_features(tmp_path):
+    missing = str(tmp_path / "no_cpuinfo")
+    assert distribute.cpu_features(missing) == set()
+    assert distribute.cpu_description(missing)  # the platform's own name, never an error
+
+
+def test_this_machine_is_described_with_its_core_count():
+    assert f"{os.cpu_count()} cores" in distribute.machine_description()
