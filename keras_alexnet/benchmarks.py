@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from keras_alexnet import augment, data, distribute, export, recipes, training
+from keras_alexnet import augment, data, distribute, export, recipes, run_config, training
 from keras_alexnet.errors import UsageError
 from keras_alexnet.layers import TwoColumnConv2D
 from keras_alexnet.model import build
@@ -286,7 +286,7 @@ def train_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
     """Training steps of the project's engine (`training.Trainer`: forward, backward, coupled
     weight decay, SGD with momentum) on a synthetic batch already on the device.
 
-    `precision` and `xla` default as `training.resolve` chooses them for this device. Each run
+    `precision` and `xla` default as `run_config.resolve` chooses them for this device. Each run
     times a `matmul_size`^3 matmul in the compute dtype (the ceiling), then `num_batches` steps
     (in calls of `steps_per_loop` steps). Returns a dict with the medians over runs of
     images_per_sec, ms_per_step, gflops_per_sec (achieved: 3 x the model's forward FLOPs per
@@ -296,13 +296,13 @@ def train_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
     strategy_object = distribute.get_strategy(strategy, tpu=tpu, num_gpus=num_gpus)
     calls = max(1, num_batches // steps_per_loop)
     # The paper's step (SGD with momentum, coupled weight decay), whatever the dataset's recipe would be.
-    config = recipes.apply(training.TrainConfig(
+    config = recipes.apply(run_config.TrainConfig(
         recipe="paper", variant=variant, image_size=image_size, batch_size=batch_size, precision=precision, xla=xla,
         strategy=strategy, steps_per_loop=steps_per_loop, epochs=1,
         steps_per_epoch=warmup_batches + runs * calls * steps_per_loop, seed=seed), num_train_examples=0)
-    training.check_config(dataclasses.replace(config, model_dir=tempfile.gettempdir()))  # nothing is written
+    run_config.check_config(dataclasses.replace(config, model_dir=tempfile.gettempdir()))  # nothing is written
     info = types.SimpleNamespace(num_examples={"train": config.steps_per_epoch * batch_size})
-    config = training.resolve(config, strategy_object, info)
+    config = run_config.resolve(config, strategy_object, info)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.precision)
     try:
@@ -374,7 +374,7 @@ def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
     precision = precision or distribute.default_precision(kind, strategy_object)
     # XLA by default on GPU and TPU only: on CPU the graph without it already runs at the matmul
     # rate (docs/performance.md), and the exported SavedModel never carries it. (Training turns
-    # XLA on everywhere, training.resolve.)
+    # XLA on everywhere, run_config.resolve.)
     xla = xla if xla is not None else kind in ("gpu", "tpu")
     if batch_size % strategy_object.num_replicas_in_sync:
         raise UsageError(f"--batch_size={batch_size} is not divisible by the "

@@ -38,7 +38,7 @@ class Recipe:
     batch_size: int
     epochs: int
     optimizer: str
-    learning_rate: float  # None: the paper's 0.01 x global batch / 128 (training.resolve)
+    learning_rate: float  # None: the paper's 0.01 x global batch / 128 (run_config.resolve)
     lr_schedule: str
     warmup_epochs: float
     weight_decay: float

@@ -38,7 +38,6 @@ import zipfile
 
 import keras
 import numpy as np
-from keras import ops
 
 from keras_alexnet import model as model_lib
 from keras_alexnet.errors import UsageError, first_line

@@ -85,7 +85,7 @@ FLAGS = flags.FLAGS
 
 def config_values(flag_values):
     """TrainConfig fields from the flags; unset flags stay None for the recipe to fill."""
-    from keras_alexnet.training import TrainConfig
+    from keras_alexnet.run_config import TrainConfig
 
     values = {field: flag_values[field].value for field in TrainConfig.__dataclass_fields__ if field in flag_values}
     return {name: value for name, value in values.items() if value is not None}

@@ -1,0 +1,182 @@
+"""A training run's settings: TrainConfig, their checks, and how unset ones are chosen.
+
+scripts/train.py fills a TrainConfig from its flags; `check_config` refuses bad values before any
+work, `start_from` fixes the network (the paper's, or a --weights file's) and applies the recipe
+(keras_alexnet.recipes), `resolve` lets the machine choose what is left (precision, XLA, the
+learning rate's scaling, steps per epoch), and `check_resume` refuses a --model_dir that holds
+another model. keras_alexnet.training runs the result.
+"""
+
+import dataclasses
+import os
+
+import tensorflow as tf
+
+from keras_alexnet import checkpoints, distribute, finetune, optimization, recipes
+from keras_alexnet.errors import UsageError, first_line
+from keras_alexnet.model import INITS, VARIANTS, min_input_size
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs; scripts/train.py fills it from flags. None means "choose for me":
+    the recipe (keras_alexnet.recipes) fills image_size ... weight_decay, the machine the rest."""
+
+    dataset: str = "shapes"
+    data_dir: str = None
+    manual_dir: str = None
+    data_service: str = None
+    augmentation: str = "paper"
+    model_dir: str = "runs/alexnet"
+    export_dir: str = "saved_models/alexnet"
+    variant: str = None  # "paper", or the --weights file's
+    groups: int = None  # 2, or the --weights file's
+    init: str = "caffe"
+    dropout: float = 0.5
+    weights: str = None  # start from this weight file (keras_alexnet.finetune)
+    trainable: str = "all"  # the first layer that trains (finetune.TRAINABLE); the ones below stay the file's
+    classifier_lr_multiplier: float = None  # fc8's rate / the base rate: 10 for a new fc8 under SGD, else 1
+    convention: str = None  # set from --weights (finetune.configure); "paper" otherwise
+    weights_sha256: str = None  # set from --weights
+    recipe: str = "auto"
+    recipe_reason: str = None  # set by recipes.apply
+    image_size: int = None
+    batch_size: int = None
+    epochs: int = None
+    steps_per_epoch: int = None
+    strategy: str = "auto"
+    tpu: str = None
+    num_gpus: int = None
+    precision: str = None
+    xla: bool = None
+    steps_per_loop: int = 1
+    learning_rate: float = None
+    lr_schedule: str = None
+    warmup_epochs: float = None
+    lr_decay_epochs: float = 30.0
+    plateau_patience: int = 2
+    optimizer: str = None
+    momentum: float = 0.9
+    weight_decay: float = None
+    seed: int = 0
+    deterministic: bool = False
+    checkpoint_steps: int = 500
+    keep_checkpoints: int = 3
+    log_steps: int = 100
+    export_at_chance: bool = False  # export even when held-out top-1 ended within noise of chance
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
+def check_config(config):
+    """Checks that need no TensorFlow work: each failure names the flag and the fix. Settings
+    left as None (the recipe's to fill) are not checked."""
+    if config.recipe not in recipes.RECIPES:
+        raise UsageError(f"--recipe={config.recipe!r} is unknown: use one of {', '.join(recipes.RECIPES)}.")
+    if config.variant is not None and config.variant not in VARIANTS:
+        raise UsageError(f"--variant={config.variant!r} is unknown: use one of {', '.join(VARIANTS)}.")
+    if config.init not in INITS:
+        raise UsageError(f"--init={config.init!r} is unknown: use one of {', '.join(INITS)}.")
+    if config.groups is not None and config.groups not in (1, 2):
+        raise UsageError(f"--groups={config.groups} is not supported: use 1 or 2.")
+    smallest = min_input_size(config.variant or "paper")
+    if config.image_size is not None and config.image_size < smallest and not config.weights:
+        raise UsageError(f"--image_size={config.image_size} is below the minimum for --variant={config.variant or 'paper'}: use at least {smallest}.")
+    for name in ("batch_size", "epochs", "steps_per_loop", "checkpoint_steps", "keep_checkpoints", "log_steps"):
+        if getattr(config, name) is not None and getattr(config, name) < 1:
+            raise UsageError(f"--{name}={getattr(config, name)} must be at least 1.")
+    if config.steps_per_epoch is not None and config.steps_per_epoch < 1:
+        raise UsageError(f"--steps_per_epoch={config.steps_per_epoch} must be at least 1.")
+    if config.trainable not in finetune.TRAINABLE:
+        raise UsageError(f"--trainable={config.trainable!r} is unknown: use one of {', '.join(finetune.TRAINABLE)}.")
+    if config.trainable != "all" and not config.weights:
+        raise UsageError(f"--trainable={config.trainable} freezes layers of a pretrained network: give --weights FILE too.")
+    if config.classifier_lr_multiplier is not None and (not config.weights or config.classifier_lr_multiplier <= 0):
+        raise UsageError(f"--classifier_lr_multiplier={config.classifier_lr_multiplier:g} applies to a run started from "
+                         "--weights FILE, and must be positive.")
+    if config.precision is not None and config.precision not in PRECISIONS:
+        raise UsageError(f"--precision={config.precision!r} is unknown: use one of {', '.join(PRECISIONS)}.")
+    if config.lr_schedule is not None and config.lr_schedule not in optimization.SCHEDULES:
+        raise UsageError(f"--lr_schedule={config.lr_schedule!r} is unknown: use one of {', '.join(optimization.SCHEDULES)}.")
+    if config.optimizer is not None and config.optimizer not in optimization.OPTIMIZERS:
+        raise UsageError(f"--optimizer={config.optimizer!r} is unknown: use one of {', '.join(optimization.OPTIMIZERS)}.")
+    if config.learning_rate is not None and not config.learning_rate > 0:
+        raise UsageError(f"--learning_rate={config.learning_rate} must be positive.")
+    if not 0.0 <= config.dropout < 1.0:
+        raise UsageError(f"--dropout={config.dropout} must be in [0, 1).")
+    if (config.weight_decay or 0.0) < 0 or config.momentum < 0:
+        raise UsageError("--weight_decay and --momentum must not be negative.")
+    _check_writable(config.model_dir, "--model_dir")
+
+
+def _check_writable(path, flag):
+    """Create `path` and a probe file in it (a local folder or a TensorFlow filesystem URL)."""
+    probe = os.path.join(path, f".write_test_{os.getpid()}")
+    try:
+        tf.io.gfile.makedirs(path)
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("")
+        tf.io.gfile.remove(probe)
+    except (OSError, tf.errors.OpError) as error:
+        reason = getattr(error, "strerror", None) or error
+        raise UsageError(f"{flag}={path} is not writable ({first_line(reason)}): "
+                         "choose a directory you can write to.") from None
+
+
+def check_resume(config, num_classes):
+    """A model_dir that holds checkpoints of another model shape is refused, not overwritten."""
+    if checkpoints.latest_checkpoint(config.model_dir) is None:
+        return
+    try:
+        previous = checkpoints.read_config(config.model_dir)
+    except FileNotFoundError:
+        return
+    current = {**config.to_json(), "num_classes": num_classes}
+    if previous.get("weights_sha256", config.weights_sha256) != config.weights_sha256:
+        raise UsageError(f"--model_dir={config.model_dir} was started from a weight file with sha256 "
+                         f"{str(previous['weights_sha256'])[:12]}..., not --weights={config.weights} "
+                         f"({str(config.weights_sha256)[:12]}...): use a new --model_dir or the original file.")
+    for key in checkpoints.MODEL_KEYS + ("trainable",):
+        if key in previous and previous[key] != current.get(key):
+            raise UsageError(
+                f"--model_dir={config.model_dir} holds checkpoints of a model with {key}={previous[key]}, "
+                f"but this run has {key}={current.get(key)}: use a new --model_dir or the same --{key}."
+            )
+
+
+def start_from(config, pretrained, info):
+    """`config` with the network fixed (the --weights file's, finetune.configure, or the paper's)
+    and the recipe applied; fc8's rate multiplier follows from both."""
+    if pretrained is None:
+        config = dataclasses.replace(config, variant=config.variant or "paper", groups=config.groups or 2, convention="paper")
+        return recipes.apply(config, info.num_examples["train"])
+    config = recipes.apply(finetune.configure(config, pretrained), info.num_examples["train"])
+    return dataclasses.replace(
+        config, classifier_lr_multiplier=finetune.classifier_lr_multiplier(config, pretrained, info.num_classes))
+
+
+def resolve(config, strategy, info):
+    """Fill in the choices left to the machine: precision, XLA, learning rate, steps per epoch."""
+    kind = distribute.device_kind()
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise UsageError(
+            f"--batch_size={config.batch_size} (global) is not divisible by the {replicas} replicas: "
+            f"use a multiple of {replicas}."
+        )
+    steps_per_epoch = config.steps_per_epoch or info.num_examples["train"] // config.batch_size
+    if steps_per_epoch < 1:
+        raise UsageError(
+            f"--batch_size={config.batch_size} is larger than the {info.num_examples['train']} training examples: lower it."
+        )
+    return dataclasses.replace(
+        config,
+        precision=config.precision or distribute.default_precision(kind, strategy),
+        # XLA: by device, CPU features and input size, as measured (distribute.default_xla).
+        xla=distribute.default_xla(kind, config.image_size) if config.xla is None else config.xla,
+        learning_rate=config.learning_rate or optimization.scaled_learning_rate(config.batch_size),
+        steps_per_epoch=steps_per_epoch,
+    )
