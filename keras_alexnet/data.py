@@ -1,6 +1,8 @@
 """tf.data input pipelines: one dataset string -> batches of (images, labels) for AlexNet.
 
-Dataset strings (`spec`):
+Each kind of dataset string is a source, one module of keras_alexnet/sources (listed in
+`sources.SOURCES`), which lists a split's examples; this module is the pipeline that every
+source feeds. Dataset strings (`spec`):
     "shapes" / "shapes:train=N,validation=M,seed=S,size=P"
                      the built-in demo dataset (keras_alexnet/shapes.py); no files.
     "synthetic" / "synthetic:num_classes=N"
@@ -34,10 +36,6 @@ Bad input never stops a run and never passes silently: an example that cannot be
 first one is logged as a warning; `BAD_IMAGES.summary()` names the first few.
 """
 
-import dataclasses
-import functools
-import glob
-import os
 import random
 import re
 import sys
@@ -47,29 +45,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from keras_alexnet import augment, prepare, shapes
-from keras_alexnet.errors import UsageError, first_line
+from keras_alexnet import augment, sources
+from keras_alexnet.errors import UsageError
 
-SPLITS = ("train", "validation")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 # Records held in the shuffle buffer for record-based sources (tfrecord, tfds); file lists and
 # in-memory datasets are shuffled whole.
 DEFAULT_SHUFFLE_BUFFER = 10_000
-_FOLDER_LAYOUT = "PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg"
-_KINDS = "shapes, synthetic, folder:PATH, tfrecord:GLOB or tfds:NAME"
-# ImageNet (ILSVRC-2012) split sizes, for the standard TFRecord shards and for `synthetic`.
-_IMAGENET_EXAMPLES = {"train": 1_281_167, "validation": 50_000}
-
-
-@dataclasses.dataclass
-class DatasetInfo:
-    """What a training run needs to know about a dataset."""
-
-    spec: str
-    num_classes: int
-    class_names: list
-    num_examples: dict  # split -> number of examples
-    mean_rgb: list = None  # the per-channel mean the pipeline subtracts, when not the ImageNet mean
 
 
 class BadImageLog:
@@ -117,340 +98,9 @@ class BadImageLog:
 BAD_IMAGES = BadImageLog()
 
 
-# ----------------------------------------------------------------------------- dataset strings
-
-
-def _parse_spec(spec):
-    if not isinstance(spec, str) or not spec:
-        raise UsageError(f"empty dataset string; expected {_KINDS}")
-    kind, _, rest = spec.partition(":")
-    if kind in ("shapes", "synthetic"):
-        return kind, rest
-    if kind in ("folder", "tfrecord", "tfds") and rest:
-        return kind, rest
-    raise UsageError(f"unknown dataset {spec!r}; expected {_KINDS}")
-
-
-def _parse_options(text, spec, allowed):
-    options = {}
-    for item in filter(None, re.split(r"[&,]", text)):
-        key, _, value = item.partition("=")
-        if key not in allowed or not re.fullmatch(r"-?\d+", value):
-            raise UsageError(f"bad option {item!r} in {spec!r}; allowed: {', '.join(f'{k}=INT' for k in allowed)}")
-        options[key] = int(value)
-    return options
-
-
-def _check_split(split):
-    if split not in SPLITS:
-        raise UsageError(f"unknown split {split!r}; expected 'train' or 'validation'")
-
-
 def dataset_info(spec, data_dir=None, manual_dir=None):
     """DatasetInfo (num_classes, class_names, num_examples per split) of a dataset string."""
-    kind, rest = _parse_spec(spec)
-    if kind == "shapes":
-        config = shapes.parse_spec(spec)
-        return DatasetInfo(spec, len(shapes.CLASS_NAMES), list(shapes.CLASS_NAMES), config.num_examples())
-    if kind == "synthetic":
-        num_classes = _parse_options(rest, spec, ("num_classes",)).get("num_classes", 1000)
-        return DatasetInfo(spec, num_classes, [str(i) for i in range(num_classes)], dict(_IMAGENET_EXAMPLES))
-    if kind == "folder":
-        root = os.path.expanduser(rest)
-        class_names = _folder_classes(root)
-        counts = {}
-        for split in SPLITS:
-            try:
-                counts[split] = len(_folder_files(root, split)[0])
-            except UsageError:
-                if split == "train":
-                    raise
-        return DatasetInfo(spec, len(class_names), list(class_names), counts)
-    if kind == "tfrecord":
-        config = _tfrecord_config(spec)
-        manifest = config["manifest"]
-        if manifest:  # written by scripts/prepare_data.py: counts and names without reading the shards
-            counts = {split: _tfrecord_files(config, split) and manifest["splits"][split]["num_examples"]
-                      for split in SPLITS if split in manifest["splits"]}
-            return DatasetInfo(spec, config["num_classes"], list(manifest["class_names"]), counts, config["mean_rgb"])
-        counts = {split: _tfrecord_count(config, split) for split in SPLITS if _tfrecord_files(config, split, check=False)}
-        return DatasetInfo(spec, config["num_classes"], _tfrecord_class_names(config["num_classes"]), counts)
-    builder = _tfds_builder(rest, data_dir, manual_dir)
-    label_key = builder.info.supervised_keys[1]
-    feature = builder.info.features[label_key]
-    counts = {split: _tfds_count(builder, split) for split in SPLITS if _tfds_split_name(builder, split, check=False)}
-    return DatasetInfo(spec, feature.num_classes, list(feature.names), counts)
-
-
-# ----------------------------------------------------------------------------- folder:PATH
-
-
-def _folder_split_dir(root, split):
-    names = ("train",) if split == "train" else ("val", "validation")
-    for name in names:
-        path = os.path.join(root, name)
-        if os.path.isdir(path):
-            return path
-    return None
-
-
-@functools.lru_cache(maxsize=8)
-def _folder_classes(root):
-    if not os.path.isdir(root):
-        raise UsageError(f"data directory {root} does not exist; expected {_FOLDER_LAYOUT.replace('PATH', root)}")
-    source = _folder_split_dir(root, "train") or _folder_split_dir(root, "validation")
-    if source is None:
-        raise UsageError(f"{root} has no train/ or val/ folder; expected {_FOLDER_LAYOUT.replace('PATH', root)}")
-    classes = sorted(entry.name for entry in os.scandir(source) if entry.is_dir() and not entry.name.startswith("."))
-    if not classes:
-        raise UsageError(f"{source} has no class folders; expected {source}/<class>/*.jpg")
-    return tuple(classes)
-
-
-@functools.lru_cache(maxsize=8)
-def _folder_files(root, split):
-    """(paths, labels) of one split, sorted by class then file name."""
-    classes = _folder_classes(root)
-    split_dir = _folder_split_dir(root, split)
-    if split_dir is None:
-        raise UsageError(f"{root} has no {'train' if split == 'train' else 'val'}/ folder; expected "
-                         f"{_FOLDER_LAYOUT.replace('PATH', root)}")
-    index = {name: i for i, name in enumerate(classes)}
-    paths, labels = [], []
-    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        if entry.name not in index:
-            raise UsageError(f"class folder {entry.path} is not among the train classes in {root}/train")
-        files = sorted(f.path for f in os.scandir(entry.path) if f.is_file() and not f.name.startswith("."))
-        if not any(path.lower().endswith(IMAGE_EXTENSIONS) for path in files):
-            raise UsageError(f"class folder {entry.path} has no images; expected {entry.path}/*.jpg (or .png)")
-        # Every file is kept: a non-image is skipped and counted at decode time, never silently.
-        paths.extend(files)
-        labels.extend([index[entry.name]] * len(files))
-    if not paths:
-        raise UsageError(f"{split_dir} has no class folders with images; expected {split_dir}/<class>/*.jpg")
-    return tuple(paths), tuple(labels)
-
-
-def _folder_records(root, split, training, pipeline, seed):
-    paths, labels = _folder_files(root, split)
-    num_pipelines, pipeline_id = pipeline
-    paths, labels = paths[pipeline_id::num_pipelines], labels[pipeline_id::num_pipelines]
-    records = tf.data.Dataset.from_tensor_slices((list(paths), np.array(labels, np.int32), list(paths)))
-    if training:
-        records = records.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    return records, lambda path, label: (tf.io.read_file(path), label)
-
-
-# ----------------------------------------------------------------------------- tfrecord:GLOB
-
-
-def _tfrecord_config(spec):
-    pattern, _, options = spec[len("tfrecord:"):].partition("?")
-    pattern = os.path.expanduser(pattern)
-    mean = re.search(r"(^|[&,])mean=([^&,]*)", options)
-    if mean and mean.group(2) != "channel":
-        raise UsageError(f"bad option mean={mean.group(2)!r} in {spec!r}; allowed: mean=channel (the manifest's training mean)")
-    options = re.sub(r"(^|[&,])mean=channel", "", options)
-    manifest = prepare.read_manifest(pattern) if _is_dir(pattern) else None
-    config = {"pattern": pattern, "label_offset": 1, "num_classes": 1000, "manifest": manifest, "mean_rgb": None}
-    if manifest:
-        config.update(label_offset=manifest["label_offset"], num_classes=manifest["num_classes"])
-    config.update(_parse_options(options, spec, ("label_offset", "num_classes")))
-    if mean:
-        if not manifest or "mean_rgb" not in manifest:
-            raise UsageError(f"{spec!r}: mean=channel needs the manifest.json with the training mean that "
-                             f"scripts/prepare_data.py writes beside the shards; none in {pattern}")
-        config["mean_rgb"] = list(manifest["mean_rgb"])
-    return config
-
-
-def _is_dir(path):
-    return tf.io.gfile.isdir(path) if "://" in path else os.path.isdir(path)
-
-
-def _tfrecord_files(config, split, check=True):
-    pattern = config["pattern"]
-    if _is_dir(pattern):
-        split_pattern = pattern.rstrip("/") + f"/{split}-*"
-    elif "{split}" in pattern:
-        split_pattern = pattern.replace("{split}", split)
-    else:
-        raise UsageError(f"tfrecord:{pattern} must be a directory holding train-* and validation-* files "
-                         "or a pattern with {split} in it, e.g. tfrecord:/data/imagenet/{split}-*")
-    files = sorted(tf.io.gfile.glob(split_pattern) if "://" in split_pattern else glob.glob(split_pattern))
-    if check and config.get("manifest"):
-        prepare.check_shards(pattern, config["manifest"], split, files)
-    if check and not files:
-        raise UsageError(f"no TFRecord files match {split_pattern}; expected the ImageNet TFRecord layout "
-                         "(train-00000-of-01024 ..., validation-00000-of-00128 ...)")
-    return files
-
-
-def _tfrecord_count(config, split):
-    files = _tfrecord_files(config, split)
-    names = [os.path.basename(f) for f in files]
-    if re.fullmatch(rf"{split}-\d{{5}}-of-{len(files):05d}", names[0] or "") and len(files) in (1024, 128):
-        return _IMAGENET_EXAMPLES[split]  # the standard ImageNet shards: do not read 150 GB to count
-    return int(tf.data.TFRecordDataset(files).reduce(np.int64(0), lambda count, _: count + 1))
-
-
-@functools.lru_cache(maxsize=4)
-def _tfrecord_class_names(num_classes):
-    if num_classes == 1000:
-        try:
-            from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
-
-            with open(imagenet_common.label_names_file(), encoding="utf-8") as f:
-                names = [line.strip() for line in f if line.strip()]
-            if len(names) == 1000:
-                return names  # WordNet IDs in sorted order: the label order of the TFRecord scripts
-        except (ImportError, OSError):
-            pass
-    return [str(i) for i in range(num_classes)]
-
-
-_TFRECORD_FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),
-    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-}
-
-
-def _tfrecord_records(config, split, training, pipeline, seed, shuffle_buffer):
-    files = _tfrecord_files(config, split)
-    num_pipelines, pipeline_id = pipeline
-    file_ds = tf.data.Dataset.from_tensor_slices(files)
-    shard_records = len(files) < num_pipelines
-    if not shard_records:
-        file_ds = file_ds.shard(num_pipelines, pipeline_id)
-    if training:
-        file_ds = file_ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    records = file_ds.interleave(
-        lambda f: tf.data.TFRecordDataset(f).map(lambda r: (r, tf.constant(-1, tf.int32), f)),
-        cycle_length=min(16, len(files)), block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=None if training else True,  # evaluation keeps the record order (module docstring)
-    )
-    if shard_records:  # fewer files than pipelines: every pipeline reads all, keeps its share
-        records = records.shard(num_pipelines, pipeline_id)
-    if training:
-        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    offset = config["label_offset"]
-
-    def parse(record, _):
-        example = tf.io.parse_single_example(record, _TFRECORD_FEATURES)
-        return example["image/encoded"], tf.cast(example["image/class/label"] - offset, tf.int32)
-
-    return records, parse
-
-
-# ----------------------------------------------------------------------------- tfds:NAME
-
-
-def _tfds_builder(name, data_dir, manual_dir):
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as error:  # DatasetNotFoundError and friends
-        raise UsageError(f"unknown TFDS dataset {name!r}: {first_line(error)}") from None
-    if not builder.is_prepared() and manual_dir:
-        # Builds offline from the files in manual_dir (ImageNet: the two ILSVRC2012 tars).
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    return builder
-
-
-def _not_prepared(builder):
-    return UsageError(
-        f"TFDS dataset {builder.name} is not prepared in {builder.data_dir}; prepare it with "
-        f"`tfds build {builder.name} --data_dir=DIR [--manual_dir=DIR_WITH_ILSVRC2012_TARS]` "
-        "or pass manual_dir (--manual_dir)"
-    )
-
-
-def _tfds_split_name(builder, split, check=True):
-    known = list(builder.info.splits.keys())
-    if not known:  # not prepared (or mocked by tfds.testing.mock_data): use the usual names
-        return "train" if split == "train" else "validation"
-    for name in (("train",) if split == "train" else ("validation", "test")):
-        if name in known:
-            return name
-    if check:
-        raise UsageError(f"TFDS dataset {builder.name} has no {split} split; it has {', '.join(known)}")
-    return None
-
-
-def _tfds_count(builder, split):
-    name = _tfds_split_name(builder, split)
-    if name in builder.info.splits:
-        return builder.info.splits[name].num_examples
-    try:  # not prepared; tfds.testing.mock_data still serves it
-        return int(builder.as_dataset(split=name).cardinality())
-    except (AssertionError, FileNotFoundError, tf.errors.NotFoundError):
-        raise _not_prepared(builder) from None
-
-
-def _tfds_records(builder, split, training, input_context, seed, shuffle_buffer):
-    import tensorflow_datasets as tfds
-
-    name = _tfds_split_name(builder, split)
-    image_key, label_key = builder.info.supervised_keys
-    num_pipelines = input_context.num_input_pipelines if input_context else 1
-    shards = builder.info.splits[name].num_shards if name in builder.info.splits else 0
-    read_context = None
-    if num_pipelines > 1:
-        if training and shards >= num_pipelines:
-            read_context = input_context  # TFDS shards the files across pipelines
-        else:  # exactly once across pipelines, by record ranges
-            name = tfds.even_splits(name, num_pipelines)[input_context.input_pipeline_id]
-    read_config = tfds.ReadConfig(input_context=read_context, shuffle_seed=seed, add_tfds_id=True)
-    try:
-        dataset = builder.as_dataset(
-            split=name, shuffle_files=training, read_config=read_config,
-            decoders={image_key: tfds.decode.SkipDecoding()},
-        )
-    except (AssertionError, FileNotFoundError, tf.errors.NotFoundError):
-        raise _not_prepared(builder) from None
-    records = dataset.map(lambda ex: (ex[image_key], tf.cast(ex[label_key], tf.int32), ex["tfds_id"]))
-    if training:
-        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    return records, lambda image, label: (image, label)
-
-
-# ----------------------------------------------------------------------------- shapes, synthetic
-
-
-def _shapes_records(spec, split, training, pipeline, seed):
-    config = shapes.parse_spec(spec)
-    encoded, labels = shapes.encoded_split(config, split)
-    names = np.array([f"shapes/{split}/{i}" for i in range(len(labels))])
-    records = tf.data.Dataset.from_tensor_slices((encoded.astype(bytes), labels, names))
-    records = records.shard(*pipeline)
-    if training:
-        records = records.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    return records, lambda image, label: (image, label)
-
-
-def _synthetic_dataset(spec, split, image_size, batch_size, training, crops, pipeline, seed, image_dtype):
-    info = dataset_info(spec)
-    shape = [batch_size] + ([10] if crops == 10 else []) + [image_size, image_size, 3]
-    rng = np.random.default_rng(seed)
-    if image_dtype == "uint8":  # training only (make_dataset checks): crops and zero shifts
-        views = (rng.integers(0, 256, shape).astype(np.uint8), np.zeros([batch_size, 3], np.float32))
-        labels = rng.integers(0, info.num_classes, batch_size).astype(np.int32)
-        return tf.data.Dataset.from_tensors((views, labels)).repeat()
-    images = rng.normal(0.0, 60.0, shape).astype(np.float32)
-    labels = rng.integers(0, info.num_classes, batch_size).astype(np.int32)
-    dataset = tf.data.Dataset.from_tensors((images, labels))
-    if training:
-        return dataset.repeat()
-    num_pipelines, pipeline_id = pipeline
-    share = len(range(pipeline_id, info.num_examples[split], num_pipelines))
-    full, rest = divmod(share, batch_size)
-    dataset = dataset.repeat(full)
-    if rest:
-        dataset = dataset.concatenate(tf.data.Dataset.from_tensors((images[:rest], labels[:rest])))
-    return dataset
+    return sources.open_source(spec, data_dir, manual_dir).info()
 
 
 # ----------------------------------------------------------------------------- the pipeline
@@ -568,8 +218,8 @@ def make_dataset(
         shuffle_buffer: records in the shuffle buffer of tfrecord and tfds sources.
         image_dtype: "float32" (the model's input) or, for training, "uint8" (see above).
     """
-    _check_split(split)
-    kind, rest = _parse_spec(spec)
+    sources.check_split(split)
+    source = sources.open_source(spec, data_dir, manual_dir)
     if augmentation not in augment.AUGMENTATIONS:
         raise UsageError(f"unknown augmentation {augmentation!r}; expected one of {', '.join(augment.AUGMENTATIONS)}")
     if crops not in (1, 10) or (training and crops != 1):
@@ -581,37 +231,26 @@ def make_dataset(
                          "without mean_image (pass the mean to augment.finish_views instead)")
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
-    pipeline = (input_context.num_input_pipelines, input_context.input_pipeline_id) if input_context else (1, 0)
     options = tf.data.Options()
     options.deterministic = deterministic
 
-    if kind == "synthetic":
-        dataset = _synthetic_dataset(spec, split, image_size, batch_size, training, crops, pipeline, seed, image_dtype)
+    if hasattr(source, "batches"):  # synthetic: finished batches, no records
+        dataset = source.batches(split, image_size, batch_size, training, crops, input_context, seed, image_dtype)
         return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
-    if kind == "shapes":
-        records, load = _shapes_records(spec, split, training, pipeline, seed)
-    elif kind == "folder":
-        records, load = _folder_records(os.path.expanduser(rest), split, training, pipeline, seed)
-    elif kind == "tfrecord":
-        records, load = _tfrecord_records(_tfrecord_config(spec), split, training, pipeline, seed, shuffle_buffer)
-    else:
-        builder = _tfds_builder(rest, data_dir, manual_dir)
-        records, load = _tfds_records(builder, split, training, input_context, seed, shuffle_buffer)
-    num_classes = dataset_info(spec, data_dir, manual_dir).num_classes if kind != "tfrecord" \
-        else _tfrecord_config(spec)["num_classes"]
-
+    records, load = source.records(split, training, input_context, seed, shuffle_buffer)
+    pipeline_id = sources.common.pipeline_share(input_context)[1]
     if training:
         records = records.repeat()
     # A stateless seed per example: [seed, pipeline, index] packed into two int64s, so the
     # augmentation of an example does not depend on thread scheduling.
     records = records.enumerate().map(
-        lambda index, record: record + (tf.stack([tf.constant(seed, tf.int64), pipeline[1] * 2**40 + index]),))
+        lambda index, record: record + (tf.stack([tf.constant(seed, tf.int64), pipeline_id * 2**40 + index]),))
 
     # mean=channel (tfrecord): the evaluation views subtract it; the training views fold its
     # difference from the ImageNet mean into their lighting shifts, which finish_views subtracts
     # with the ImageNet mean (also on the accelerator), giving crops - dataset mean + lighting.
-    dataset_mean = _tfrecord_config(spec)["mean_rgb"] if kind == "tfrecord" else None
+    dataset_mean = source.mean_rgb
     if dataset_mean is not None and mean_image is not None:
         raise UsageError(f"{spec!r} asks for the training set's mean (mean=channel): do not pass mean_image as well")
     if dataset_mean is not None and not training:
@@ -636,7 +275,7 @@ def make_dataset(
 
     report = _report_in_graph if data_service else _report_in_python
     # Evaluation keeps the file order (results line up with the files); training need not.
-    dataset = skip_bad_examples(records, load, view, placeholder, num_classes, report,
+    dataset = skip_bad_examples(records, load, view, placeholder, source.num_classes, report,
                                 keep_order=None if training else True)
     dataset = dataset.rebatch(batch_size, drop_remainder=training)
     if training and image_dtype == "float32":

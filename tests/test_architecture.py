@@ -14,7 +14,8 @@ def imports_of(path):
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module == "keras_alexnet":
-            found.update(alias.name for alias in node.names if (PACKAGE_DIR / f"{alias.name}.py").exists())
+            found.update(alias.name for alias in node.names
+                         if (PACKAGE_DIR / f"{alias.name}.py").exists() or (PACKAGE_DIR / alias.name).is_dir())
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keras_alexnet."):
             found.add(node.module.split(".")[1])
         elif isinstance(node, ast.Import):
@@ -23,8 +24,14 @@ def imports_of(path):
 
 
 def import_graph():
-    """{module: modules it imports} for every module of the package but __init__."""
-    return {path.stem: imports_of(path) - {path.stem} for path in PACKAGE_DIR.glob("*.py") if path.stem != "__init__"}
+    """{module: modules it imports} for every module of the package but __init__; a subpackage
+    (sources/) is one node, with the imports of all its files."""
+    graph = {}
+    for path in PACKAGE_DIR.rglob("*.py"):
+        module = path.relative_to(PACKAGE_DIR).parts[0].removesuffix(".py")
+        if module != "__init__":
+            graph.setdefault(module, set()).update(imports_of(path))
+    return {module: imported - {module} for module, imported in graph.items()}
 
 
 def find_cycle(graph):
@@ -54,7 +61,8 @@ def find_cycle(graph):
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph()
-    assert {"model", "weights", "layers", "training", "data"} <= set(graph)
+    assert {"model", "weights", "layers", "training", "data", "sources"} <= set(graph)
+    assert "sources" in graph["data"] and "data" not in graph["sources"]  # the pipeline reads sources, not back
     assert "model" in graph["weights"]  # loading builds; building loads nothing
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
@@ -64,7 +72,7 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"model": {"layers"}, "weights": {"model"}, "layers": set()}) is None
 
 
-def test_the_scripts_strategy_flag_offers_what_distribute_accepts():
+def test_the_scripts_flags_offer_what_the_library_accepts():
     import sys
 
     sys.path.insert(0, str(PACKAGE_DIR.parent / "scripts"))
@@ -72,6 +80,7 @@ def test_the_scripts_strategy_flag_offers_what_distribute_accepts():
         import _flags
     finally:
         sys.path.pop(0)
-    from keras_alexnet import distribute
+    from keras_alexnet import distribute, sources
 
     assert _flags.STRATEGIES == distribute.STRATEGIES
+    assert _flags.DATASET_FORMS.split(" | ") == [source.FORM for source in sources.SOURCES.values()]

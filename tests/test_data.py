@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_alexnet import augment, data
+from keras_alexnet import augment, data, shapes
 from keras_alexnet.errors import UsageError
 
 MEAN = np.array(augment.IMAGENET_MEAN_RGB, np.float32)
@@ -122,7 +122,7 @@ def test_shapes_evaluation_sees_every_example_once(crops):
     batches = list(dataset)
     assert [len(b[1]) for b in batches] == [10, 10, 3]
     assert batches[0][0].shape == ((10, 67, 67, 3) if crops == 1 else (10, 10, 67, 67, 3))
-    _, labels = data.shapes.encoded_split(data.shapes.parse_spec(SMALL_SHAPES), "validation")
+    _, labels = shapes.encoded_split(shapes.parse_spec(SMALL_SHAPES), "validation")
     np.testing.assert_array_equal(np.concatenate([b[1].numpy() for b in batches]), labels)
 
 
@@ -360,7 +360,7 @@ def test_tf_data_service_on_localhost():
         dataset = data.make_dataset(SMALL_SHAPES, "validation", image_size=67, batch_size=8, training=False,
                                     data_service=dispatcher.target)
         labels = np.concatenate([b[1].numpy() for b in dataset])
-        _, expected = data.shapes.encoded_split(data.shapes.parse_spec(SMALL_SHAPES), "validation")
+        _, expected = shapes.encoded_split(shapes.parse_spec(SMALL_SHAPES), "validation")
         np.testing.assert_array_equal(np.sort(labels), np.sort(expected))  # every example once
         dataset = data.make_dataset(SMALL_SHAPES, "train", image_size=67, batch_size=8, training=True,
                                     data_service=dispatcher.target)
@@ -370,3 +370,32 @@ def test_tf_data_service_on_localhost():
         dispatcher.stop()
     with pytest.raises(UsageError, match="grpc://host:port"):
         data.make_dataset(SMALL_SHAPES, "train", image_size=67, batch_size=8, training=True, data_service="localhost")
+
+
+def test_a_new_source_is_one_class_and_one_registry_line(monkeypatch):
+    """The extension point of docs/input.md, "Adding a data source": a class with KIND, info() and
+    records(), registered in sources.SOURCES, is read by the whole pipeline."""
+    from keras_alexnet import sources
+
+    class Constant:
+        KIND, FORM, NEEDS_ARGUMENT = "constant", "constant", False
+
+        def __init__(self, spec, argument, data_dir=None, manual_dir=None):
+            self.spec, self.num_classes, self.mean_rgb = spec, 2, None
+
+        def info(self):
+            return sources.common.DatasetInfo(self.spec, 2, ["dark", "light"], {"train": 4, "validation": 4})
+
+        def records(self, split, training, input_context, seed, shuffle_buffer):
+            images = tf.stack([tf.io.encode_png(tf.fill([8, 8, 3], tf.constant(v, tf.uint8))) for v in (0, 255, 0, 255)])
+            names = tf.constant([f"constant/{i}" for i in range(4)])
+            return (tf.data.Dataset.from_tensor_slices((images, tf.constant([0, 1, 0, 1], tf.int32), names)),
+                    lambda payload, label: (payload, label))
+
+    monkeypatch.setitem(sources.SOURCES, "constant", Constant)
+    assert data.dataset_info("constant").class_names == ["dark", "light"]
+    (images, labels), = list(data.make_dataset("constant", "validation", image_size=67, batch_size=4, training=False))
+    assert images.shape == (4, 67, 67, 3) and labels.numpy().tolist() == [0, 1, 0, 1]
+    assert float(images[1, 0, 0, 0]) == pytest.approx(255 - augment.IMAGENET_MEAN_RGB[0])
+    with pytest.raises(UsageError, match="expected shapes, synthetic, folder:PATH, tfrecord:GLOB, tfds:NAME or constant"):
+        data.dataset_info("nothing:here")

@@ -20,6 +20,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_alexnet import augment, data, prepare
+from keras_alexnet.sources import tfrecord
 from keras_alexnet.errors import UsageError
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "prepare_data.py")
@@ -181,7 +182,7 @@ def test_workers_split_disjoint_shards_and_a_rerun_keeps_finished_ones(tmp_path)
     stale = os.path.join(out, ".train-00001-of-00004.tmp-12345")
     with open(stale, "wb") as f:
         f.write(b"partial")
-    assert data._tfrecord_files(data._tfrecord_config(f"tfrecord:{out}"), "train") == [
+    assert tfrecord.tfrecord_files(tfrecord.tfrecord_config(f"tfrecord:{out}"), "train") == [
         os.path.join(out, n) for n in sorted(first) if n.startswith("train")]
     manifest = prepare.prepare(plan, out, num_shards=shards, num_workers=2, worker_index=1)
     assert manifest is not None and not os.path.exists(stale)
