@@ -15,9 +15,7 @@ LAYOUT = "PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg"
 
 
 class Folder:
-    KIND = "folder"
-    FORM = "folder:PATH"
-    NEEDS_ARGUMENT = True
+    KIND, FORM, NEEDS_ARGUMENT = "folder", "folder:PATH", True
 
     def __init__(self, spec, argument, data_dir=None, manual_dir=None):
         self.spec = spec

@@ -8,9 +8,7 @@ from keras_alexnet.sources.common import DatasetInfo, pipeline_share
 
 
 class Shapes:
-    KIND = "shapes"
-    FORM = "shapes"
-    NEEDS_ARGUMENT = False
+    KIND, FORM, NEEDS_ARGUMENT = "shapes", "shapes", False
 
     def __init__(self, spec, argument, data_dir=None, manual_dir=None):
         self.spec = spec

@@ -8,9 +8,7 @@ from keras_alexnet.sources.common import IMAGENET_EXAMPLES, DatasetInfo, parse_o
 
 
 class Synthetic:
-    KIND = "synthetic"
-    FORM = "synthetic"
-    NEEDS_ARGUMENT = False
+    KIND, FORM, NEEDS_ARGUMENT = "synthetic", "synthetic", False
 
     def __init__(self, spec, argument, data_dir=None, manual_dir=None):
         self.spec = spec

@@ -9,9 +9,7 @@ from keras_alexnet.sources.common import SPLITS, DatasetInfo
 
 
 class TFDS:
-    KIND = "tfds"
-    FORM = "tfds:NAME"
-    NEEDS_ARGUMENT = True
+    KIND, FORM, NEEDS_ARGUMENT = "tfds", "tfds:NAME", True
 
     def __init__(self, spec, argument, data_dir=None, manual_dir=None):
         self.spec = spec

@@ -22,9 +22,7 @@ _FEATURES = {
 
 
 class TFRecord:
-    KIND = "tfrecord"
-    FORM = "tfrecord:GLOB"
-    NEEDS_ARGUMENT = True
+    KIND, FORM, NEEDS_ARGUMENT = "tfrecord", "tfrecord:GLOB", True
 
     def __init__(self, spec, argument, data_dir=None, manual_dir=None):
         self.spec = spec
