@@ -335,6 +335,27 @@ def train_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
     })
 
 
+# (precision, xla) of the settings `compare_train_settings` times beside the default.
+COMPARED_SETTINGS = (("float32", True), ("float32", False), ("mixed_bfloat16", True), ("mixed_bfloat16", False))
+
+
+def compare_train_settings(settings=COMPARED_SETTINGS, **train_flags):
+    """The training step with this machine's defaults (precision and XLA as `run_config.resolve`
+    picks them), then with each (precision, xla) of `settings`, in one process, one after the
+    other. Returns the `train_benchmark` summaries, the default first, each with "setting" (a
+    label) and "ratio" (its median images/s over the default's)."""
+    default = train_benchmark(**train_flags)
+    default["setting"] = "default"
+    results = [default]
+    for precision, xla in settings:
+        result = train_benchmark(**{**train_flags, "precision": precision, "xla": xla})
+        result["setting"] = f"{precision}, XLA {'on' if xla else 'off'}"
+        results.append(result)
+    for result in results:
+        result["ratio"] = result["images_per_sec"] / default["images_per_sec"]
+    return results
+
+
 def _figures(images_per_sec, flops_per_image, matmul_flops_per_sec, batch_size, **extra):
     achieved = images_per_sec * flops_per_image
     return {

@@ -1,4 +1,4 @@
-"""Benchmarks: `python scripts/benchmark.py input|train|infer [flags]` (docs/performance.md).
+"""Benchmarks: `python scripts/benchmark.py input|train|infer|compare [flags]` (docs/performance.md).
 
     train   training steps of the project's engine (training.Trainer: forward, backward, weight
             decay, SGD with momentum) on a synthetic batch already on the device: no input cost.
@@ -7,6 +7,9 @@
     input   the training input pipeline (read, fused decode-and-crop, flip, lighting, mean, batch)
             on a folder of ImageNet-sized JPEGs it writes itself, against the plain full-image
             decode of the same files, same threads, same run (docs/input.md).
+    compare the training step with this machine's defaults beside float32 and mixed_bfloat16,
+            each with XLA on and off, in one process: images/s, ceiling fraction and the ratio to
+            the default of each (--precision and --xla are not used).
 
 train and infer report images/s, ms/step, achieved GFLOP/s (the model's own FLOP count: 2 per
 multiply-add of the convolutions and dense layers, x3 for a training image) and the ceiling
@@ -23,7 +26,8 @@ Examples:
     python scripts/benchmark.py input --threads=1 --runs=5
     python scripts/benchmark.py input --steps --plot=input_steps.png   # where the time goes
     python scripts/benchmark.py input --image_dir=DIR --dataset=tfrecord:PREPARED   # prepared shards vs DIR's files
-    python scripts/benchmark.py train --noxla --runs=3   # training's default is XLA on
+    python scripts/benchmark.py train --noxla --runs=3   # XLA off (the default depends on the machine)
+    python scripts/benchmark.py compare --runs=3         # the default against the other settings
     TF_ENABLE_ONEDNN_OPTS=0 python scripts/benchmark.py train --inter_op_threads=1
 """
 
@@ -35,11 +39,11 @@ from absl import flags
 import _cli as cli
 import _flags
 
-MODES = ("input", "train", "infer")
+MODES = ("input", "train", "infer", "compare")
 # Mode defaults of --batch_size and --num_batches: train/infer at the issue's batch 64; a training
 # step of batch 64 at 227 takes seconds on a 2-core CPU, so few steps per run.
-BATCH_SIZE = {"input": 32, "train": 64, "infer": 64}
-NUM_BATCHES = {"input": 20, "train": 3, "infer": 5}
+BATCH_SIZE = {"input": 32, "train": 64, "infer": 64, "compare": 64}
+NUM_BATCHES = {"input": 20, "train": 3, "infer": 5, "compare": 3}
 
 FLAGS = flags.FLAGS
 MACHINE = None  # distribute.machine_description(), set in main
@@ -79,19 +83,21 @@ flags.DEFINE_bool("json", False, "Print one JSON object per run instead of a sum
 
 def main(argv):
     if len(argv) != 2:
-        cli.fail("usage: benchmark.py input|train|infer [flags]")
+        cli.fail("usage: benchmark.py input|train|infer|compare [flags]")
     mode = argv[1]
     # Checked before importing TensorFlow, so a wrong mode or flag fails at once.
     if mode not in MODES:
-        cli.fail(f"unknown mode {mode!r}; expected input, train or infer")
+        cli.fail(f"unknown mode {mode!r}; expected input, train, infer or compare")
     for name in ("batch_size", "num_batches"):
         if FLAGS[name].value is not None and FLAGS[name].value < 1:
             cli.fail(f"--{name}={FLAGS[name].value} must be at least 1.")
     for name in ("runs", "latency_calls", "matmul_size", "steps_per_loop"):
         if FLAGS[name].value < 1:
             cli.fail(f"--{name}={FLAGS[name].value} must be at least 1.")
-    if FLAGS.per_layer and mode == "input":
+    if FLAGS.per_layer and mode in ("input", "compare"):
         cli.fail("--per_layer is for train and infer.")
+    if mode == "compare" and (FLAGS.precision or FLAGS.xla is not None):
+        cli.fail("compare times every precision and XLA setting itself: leave out --precision and --xla.")
     if (FLAGS.steps or FLAGS.plot) and mode != "input":
         cli.fail("--steps and --plot are for the input mode.")
     if FLAGS.plot and not FLAGS.steps:
@@ -128,6 +134,10 @@ def main(argv):
     if mode == "train":
         result = benchmarks.train_benchmark(steps_per_loop=FLAGS.steps_per_loop, **model_flags)
         return print_model_result(result, [result])
+    if mode == "compare":
+        logging.set_verbosity(logging.ERROR)  # each setting builds its own step: TensorFlow's retracing notes are expected
+        del model_flags["precision"], model_flags["xla"]
+        return print_comparison(benchmarks.compare_train_settings(steps_per_loop=FLAGS.steps_per_loop, **model_flags))
     if mode == "infer":
         result = benchmarks.infer_benchmark(latency_calls=FLAGS.latency_calls, **model_flags)
         return print_model_result(result, [result["keras"], result["saved_model"]])
@@ -175,6 +185,25 @@ def print_model_result(result, summaries):
         print(f"  {'':<11} matmul {figure('matmul_gflops_per_sec', '.1f')} GFLOP/s  "
               f"ceiling fraction {figure('ceiling_fraction', '.3f')}"
               + (f"  batch-1 latency {figure('latency_ms', '.1f')} ms" if "latency_ms" in summary else ""))
+    return 0
+
+
+def print_comparison(results):
+    """One line per setting, the default first: images/s, its ratio to the default, ceiling fraction."""
+    if FLAGS.json:
+        for result in results:
+            for run in result["runs"]:
+                print(json.dumps({"machine": MACHINE, **_setup(result), **run}))
+        return 0
+    default = results[0]
+    print(f"compare: training step, {default['variant']} AlexNet, S={default['image_size']}, batch {default['batch_size']}, "
+          f"{default['strategy']} x{default['replicas']}, {default['device']}; medians of {len(default['runs'])} runs [min-max]; "
+          f"the default here is {default['precision']}, XLA {'on' if default['xla'] else 'off'}:")
+    for result in results:
+        rates = [run["images_per_sec"] for run in result["runs"]]
+        print(f"  {result['setting']:<24} {result['images_per_sec']:7.2f} [{min(rates):.2f}-{max(rates):.2f}] images/s  "
+              f"x{result['ratio']:.2f} the default  ceiling fraction {result['ceiling_fraction']:.3f} "
+              f"(matmul {result['matmul_gflops_per_sec']:.0f} GFLOP/s in {result['precision']})")
     return 0
 
 

@@ -175,11 +175,21 @@ def test_script_infer_json_prints_one_object_per_run_and_engine():
             assert math.isfinite(line[key]) and line[key] > 0
 
 
+def test_script_compare_times_the_default_and_each_setting():
+    result = _script("compare", "--image_size=67", "--batch_size=2", "--num_batches=1", "--runs=1", "--matmul_size=128")
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    rows = [line[2:26].strip() for line in lines if line.startswith("  ")]
+    assert rows == ["default", "float32, XLA on", "float32, XLA off", "mixed_bfloat16, XLA on", "mixed_bfloat16, XLA off"]
+    assert "x1.00 the default" in lines[2] and "the default here is float32, XLA on" in lines[1]
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--batch_size=0"], "error: --batch_size=0 must be at least 1."),
     (["infer", "--per_layer=maybe"], None),
     (["train", "--no_such_flag"], None),
-    (["nonsense"], "error: unknown mode 'nonsense'; expected input, train or infer"),
+    (["nonsense"], "error: unknown mode 'nonsense'; expected input, train, infer or compare"),
+    (["compare", "--precision=float32"], "error: compare times every precision and XLA setting itself: leave out --precision and --xla."),
     (["input", "--per_layer"], "error: --per_layer is for train and infer."),
     (["train", "--steps"], "error: --steps and --plot are for the input mode."),
     (["input", "--plot=steps.png"], "error: --plot draws the step breakdown: add --steps."),
