@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -115,6 +116,8 @@ def test_train_on_default_strategy(tmp_path, precision, xla):
                          model_dir=str(tmp_path), strategy="default")
     result = train(config)
     assert result["step"] == 4 and result["val_examples"] == 16
+    assert keras.mixed_precision.global_policy().name == "float32"  # train() puts back the policy it set
+    assert result["model"].get_layer("conv1").dtype_policy.name == precision
     assert 0.0 <= result["val_top1"] <= result["val_top5"] <= 1.0
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["precision"] == precision and saved["xla"] == xla and saved["num_classes"] > 1
