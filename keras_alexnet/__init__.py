@@ -7,7 +7,6 @@
 
 from keras_alexnet import model as _model
 from keras_alexnet import weights as _weights
-from keras_alexnet.export import export_saved_model
 from keras_alexnet.layers import InputAdapter, LocalResponseNormalization, TwoColumnConv2D
 from keras_alexnet.model import feature_extractor, min_input_size
 from keras_alexnet.weights import build_from_weights, load_weights
@@ -30,6 +29,16 @@ def build(*args, weights=None, **kwargs):
         return _model.build(*args, **kwargs)
     kwargs.setdefault("convention", _weights.convention_of(weights))
     return _weights.load_weights(_model.build(*args, **kwargs), weights)
+
+
+def __getattr__(name):
+    # export.py needs TensorFlow; importing it on first use keeps `import keras_alexnet` and
+    # build() free of TensorFlow, so the model also builds under KERAS_BACKEND=jax or torch.
+    if name == "export_saved_model":
+        from keras_alexnet.export import export_saved_model
+
+        return export_saved_model
+    raise AttributeError(f"module 'keras_alexnet' has no attribute {name!r}")
 
 
 __all__ = ["build", "feature_extractor", "min_input_size", "LocalResponseNormalization", "TwoColumnConv2D"]

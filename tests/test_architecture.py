@@ -2,6 +2,7 @@
 what the scripts define once agrees with the library."""
 
 import ast
+import os
 import pathlib
 
 import keras_alexnet
@@ -84,3 +85,18 @@ def test_the_scripts_flags_offer_what_the_library_accepts():
 
     assert _flags.STRATEGIES == distribute.STRATEGIES
     assert _flags.DATASET_FORMS.split(" | ") == [source.FORM for source in sources.SOURCES.values()]
+
+
+def test_build_needs_no_tensorflow_under_another_keras_backend():
+    """The GPU peer benchmark (scripts/peer_benchmark.py) runs build() under Keras-JAX on machines
+    without TensorFlow; here the torch backend (installed for the weight tests) stands in for JAX."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, keras_alexnet\n"
+            "model = keras_alexnet.build(num_classes=3, input_shape=(67, 67, 3), seed=0)\n"
+            "assert tuple(model(np.zeros((2, 67, 67, 3), 'float32')).shape) == (2, 3)\n"
+            "assert not [name for name in sys.modules if name.startswith('tensorflow')], 'tensorflow was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "KERAS_BACKEND": "torch"})
+    assert result.returncode == 0, result.stderr[-2000:]

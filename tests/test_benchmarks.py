@@ -202,3 +202,17 @@ def test_script_bad_input_is_one_line_and_exit_2(args, message):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
     if message:
         assert lines[0] == message
+
+
+def test_peer_benchmark_times_the_pytorch_alexnet_and_counts_its_flops():
+    """The torch engine of scripts/peer_benchmark.py on this CPU (its keras_jax engine needs JAX,
+    which the test environment does not install: it was run by hand, docs/performance.md)."""
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "peer_benchmark.py"), "--engines=torch",
+                             "--batch_size=1", "--steps=1", "--runs=1", "--warmup_steps=1", "--matmul_size=64", "--json"],
+                            capture_output=True, text=True, timeout=300)
+    (line,) = _json_lines(result)
+    assert line["engine"] == "torch" and line["image_size"] == 224 and line["images_per_sec"] > 0
+    assert line["gflop_per_image"] == pytest.approx(3 * 1.42837696)  # torchvision's AlexNet: 0.714 GMAC forward
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "peer_benchmark.py"), "--engines=mxnet"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --engines: unknown mxnet; choose from keras_jax, torch."
