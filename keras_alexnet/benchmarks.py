@@ -190,7 +190,7 @@ def input_benchmark(*, image_dir=None, dataset=None, num_images=200, width=500, 
 
 # Training one image: the forward pass, the gradient with respect to the activations and the
 # gradient with respect to the weights each cost about one forward pass (the usual convention,
-# and the 4.35 GFLOP at 227). It slightly overcounts: conv1 needs no input gradient.
+# 4.35 GFLOP per image at 227, docs/performance.md). It slightly overcounts: conv1 needs no input gradient.
 TRAINING_FLOPS_FACTOR = 3
 
 

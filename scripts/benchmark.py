@@ -40,7 +40,7 @@ import _cli as cli
 import _flags
 
 MODES = ("input", "train", "infer", "compare")
-# Mode defaults of --batch_size and --num_batches: train/infer at the batch 64; a training
+# Mode defaults of --batch_size and --num_batches: train/infer at batch 64 (docs/performance.md); a training
 # step of batch 64 at 227 takes seconds on a 2-core CPU, so few steps per run.
 BATCH_SIZE = {"input": 32, "train": 64, "infer": 64, "compare": 64}
 NUM_BATCHES = {"input": 20, "train": 3, "infer": 5, "compare": 3}
