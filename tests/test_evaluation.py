@@ -100,6 +100,17 @@ def test_ties_count_once_in_top_k():
     assert result["top5_accuracy"] == 0.5 and result["top1_accuracy"] == 0.5
 
 
+def test_top_k_hits_ranks_as_tf_top_k_does():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=(200, 7)).astype(np.float32)  # many ties
+    labels = rng.integers(0, 7, size=200).astype(np.int32)
+    top = tf.math.top_k(scores, k=5).indices.numpy()
+    expected = ((top[:, 0] == labels).sum(), (top == labels[:, None]).any(axis=1).sum())
+    assert tuple(int(hits) for hits in evaluation.top_k_hits(scores, labels)) == expected
+    with_nan = np.array([[np.nan, 1.0, 2.0], [0.5, 0.2, 0.1]], np.float32)
+    assert [int(hits) for hits in evaluation.top_k_hits(with_nan, np.array([0, 0]))] == [1, 1]  # a NaN is never a hit
+
+
 def test_ten_crop_averages_the_softmax_of_the_views():
     # Views carry their own id: view v of example i has id 10*i + v.
     rng = np.random.default_rng(0)
