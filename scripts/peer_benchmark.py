@@ -17,8 +17,9 @@ this script sets KERAS_BACKEND=jax before Keras is imported. The engines:
 
 Each engine warms up (compiles), then times --runs runs of --steps steps on one batch already on
 the device; medians are printed with the achieved TFLOP/s (3 x the forward FLOPs of the model's
-convolutions and dense layers per image) and its fraction of a --matmul_size bfloat16 matmul's
-TFLOP/s on the same device. docs/performance.md, "GPU: Keras-JAX against PyTorch", says what was
+convolutions and dense layers per image) and its fraction of a --matmul_size matmul's
+TFLOP/s on the same device (--precision=float32: neither bfloat16 policy nor autocast, a float32
+matmul). docs/performance.md, "GPU: Keras-JAX against PyTorch", says what was
 measured with it.
 """
 
@@ -44,7 +45,9 @@ flags.DEFINE_integer("batch_size", 256, "Images per step.")
 flags.DEFINE_integer("steps", 20, "Timed steps per run.")
 flags.DEFINE_integer("runs", 5, "Timed runs; medians are reported.")
 flags.DEFINE_integer("warmup_steps", 3, "Steps before timing (compilation, autotuning).")
-flags.DEFINE_integer("matmul_size", 8192, "Side of the square bfloat16 matmul that measures the ceiling.")
+flags.DEFINE_integer("matmul_size", 8192, "Side of the square matmul (in --precision) that measures the ceiling.")
+flags.DEFINE_enum("precision", "bfloat16", ["bfloat16", "float32"],
+                  "bfloat16: Keras' mixed_bfloat16 policy and torch.autocast; float32: neither.")
 flags.DEFINE_bool("torch_compile", False, "torch: time a torch.compile'd step instead of the eager one.")
 flags.DEFINE_bool("json", False, "Print one JSON object per engine instead of a table.")
 FLAGS = flags.FLAGS
@@ -82,7 +85,7 @@ def flops_of(weights_and_outputs):
 
 # -- Keras on JAX ----------------------------------------------------------------------------------
 
-def keras_jax_engine(batch_size, image_size, variant):
+def keras_jax_engine(batch_size, image_size, variant, precision):
     """(step, synchronize, forward FLOPs per image, device name) for keras_alexnet under JAX."""
     import jax
     import jax.numpy as jnp
@@ -92,7 +95,7 @@ def keras_jax_engine(batch_size, image_size, variant):
 
     if keras.backend.backend() != "jax":
         cli.fail(f"KERAS_BACKEND is {keras.backend.backend()!r}: run this script with KERAS_BACKEND=jax (or unset).")
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     try:
         model = keras_alexnet.build(num_classes=NUM_CLASSES, input_shape=(image_size, image_size, 3), variant=variant, seed=0)
     finally:
@@ -138,11 +141,11 @@ def _spatial(shape):
     return shape[1] * shape[2] if len(shape) == 4 else 1
 
 
-def jax_matmul_rate(size):
+def jax_matmul_rate(size, precision):
     import jax
     import jax.numpy as jnp
 
-    a = jnp.ones((size, size), jnp.bfloat16)
+    a = jnp.ones((size, size), jnp.bfloat16 if precision == "bfloat16" else jnp.float32)
     multiply = jax.jit(lambda x, y: x @ y)
     seconds = timed_runs(lambda: multiply(a, a).block_until_ready(), 2, 5, 3, lambda: None)
     return 2 * size ** 3 / statistics.median(seconds)
@@ -150,7 +153,7 @@ def jax_matmul_rate(size):
 
 # -- PyTorch -------------------------------------------------------------------------------------
 
-def torch_engine(batch_size, image_size, compile_step):
+def torch_engine(batch_size, image_size, compile_step, precision):
     """(step, synchronize, forward FLOPs per image, device name) for torchvision's AlexNet layout."""
     import torch
     from torch import nn
@@ -173,7 +176,7 @@ def torch_engine(batch_size, image_size, compile_step):
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
             loss = loss_fn(model(images), labels)
         loss.backward()
         optimizer.step()
@@ -192,11 +195,11 @@ def torch_engine(batch_size, image_size, compile_step):
     return step, synchronize, flops, name
 
 
-def torch_matmul_rate(size):
+def torch_matmul_rate(size, precision):
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    a = torch.ones(size, size, device=device, dtype=torch.bfloat16)
+    a = torch.ones(size, size, device=device, dtype=torch.bfloat16 if precision == "bfloat16" else torch.float32)
     synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     seconds = timed_runs(lambda: torch.matmul(a, a), 2, 5, 3, synchronize)
     return 2 * size ** 3 / statistics.median(seconds)
@@ -207,20 +210,21 @@ def torch_matmul_rate(size):
 def measure(engine):
     size = FLAGS.image_size or (227 if engine == "keras_jax" and FLAGS.variant == "paper" else 224)
     if engine == "keras_jax":
-        step, synchronize, flops, device = keras_jax_engine(FLAGS.batch_size, size, FLAGS.variant)
-        matmul = jax_matmul_rate(FLAGS.matmul_size)
-        model = f"keras_alexnet {FLAGS.variant}, mixed_bfloat16, jax.jit"
+        step, synchronize, flops, device = keras_jax_engine(FLAGS.batch_size, size, FLAGS.variant, FLAGS.precision)
+        matmul = jax_matmul_rate(FLAGS.matmul_size, FLAGS.precision)
+        model = f"keras_alexnet {FLAGS.variant}, {'mixed_bfloat16' if FLAGS.precision == 'bfloat16' else 'float32'}, jax.jit"
     else:
-        step, synchronize, flops, device = torch_engine(FLAGS.batch_size, size, FLAGS.torch_compile)
-        matmul = torch_matmul_rate(FLAGS.matmul_size)
-        model = f"torchvision layout, autocast bfloat16, channels_last, {'torch.compile' if FLAGS.torch_compile else 'eager'}"
+        step, synchronize, flops, device = torch_engine(FLAGS.batch_size, size, FLAGS.torch_compile, FLAGS.precision)
+        matmul = torch_matmul_rate(FLAGS.matmul_size, FLAGS.precision)
+        model = (f"torchvision layout, {'autocast bfloat16' if FLAGS.precision == 'bfloat16' else 'float32'}, channels_last, "
+                 f"{'torch.compile' if FLAGS.torch_compile else 'eager'}")
     seconds = timed_runs(step, FLAGS.warmup_steps, FLAGS.steps, FLAGS.runs, synchronize)
     rates = [FLAGS.batch_size / s for s in seconds]
     achieved = statistics.median(rates) * 3 * flops
     return {"engine": engine, "model": model, "device": device, "image_size": size, "batch_size": FLAGS.batch_size,
             "images_per_sec": statistics.median(rates), "images_per_sec_runs": rates,
             "gflop_per_image": 3 * flops / 1e9, "achieved_tflops": achieved / 1e12,
-            "matmul_bf16_tflops": matmul / 1e12, "ceiling_fraction": achieved / matmul}
+            "precision": FLAGS.precision, "matmul_tflops": matmul / 1e12, "ceiling_fraction": achieved / matmul}
 
 
 def main(argv):
@@ -238,8 +242,8 @@ def main(argv):
             rates = result["images_per_sec_runs"]
             print(f"{result['engine']:<10} {result['device']}: {result['model']}, S={result['image_size']}, batch {result['batch_size']}: "
                   f"{result['images_per_sec']:.1f} images/s [{min(rates):.1f}-{max(rates):.1f}], "
-                  f"{result['achieved_tflops']:.2f} TFLOP/s, {result['ceiling_fraction']:.3f} of the bf16 matmul "
-                  f"({result['matmul_bf16_tflops']:.1f} TFLOP/s)")
+                  f"{result['achieved_tflops']:.3f} TFLOP/s, {result['ceiling_fraction']:.3f} of the {result['precision']} matmul "
+                  f"({result['matmul_tflops']:.3f} TFLOP/s)")
     if len(results) == 2 and not FLAGS.json:
         print(f"keras_jax / torch: x{results[0]['images_per_sec'] / results[1]['images_per_sec']:.2f} images/s")
     return 0
