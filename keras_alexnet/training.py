@@ -184,19 +184,19 @@ def train(config, strategy=None, stream=None):
     keras.utils.set_random_seed(config.seed)
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.precision)
-    run = None
     try:
         run = _Run(config, strategy, info, pretrained, stream)
-        result = None
-        while run.step < run.total_steps:
-            result = run.end_epoch(*run.train_one_epoch())
-        if result is None:  # already trained to the end: evaluate what was restored
-            result = run.evaluate_restored()
+        try:
+            result = None
+            while run.step < run.total_steps:
+                result = run.end_epoch(*run.train_one_epoch())
+            if result is None:  # already trained to the end: evaluate what was restored
+                result = run.evaluate_restored()
+        finally:
+            run.close()  # the lease is released before the export, as the run has ended
+        return run.finish(result)
     finally:
-        if run:
-            run.close()
         keras.mixed_precision.set_global_policy(policy)
-    return run.finish(result)
 
 
 class _Run:
