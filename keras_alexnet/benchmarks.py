@@ -11,7 +11,7 @@ docs/performance.md has the figures and what they mean).
            itself, against the plain full-image decode rate of the same files, with the same
            number of threads, in the same run.
 
-`model_flops` counts a model's FLOPs from its own layers; `layer_profile` times each layer on its
+`model.model_flops` counts a model's FLOPs from its own layers; `layer_profile` times each layer on its
 own (forward and backward) to show where a step's time goes.
 """
 
@@ -30,7 +30,7 @@ from PIL import Image
 from keras_alexnet import augment, data, distribute, export, recipes, run_config, training
 from keras_alexnet.errors import UsageError
 from keras_alexnet.layers import TwoColumnConv2D
-from keras_alexnet.model import build
+from keras_alexnet.model import build, layer_flops, model_flops
 from keras_alexnet.sources import folder
 
 
@@ -185,32 +185,12 @@ def input_benchmark(*, image_dir=None, dataset=None, num_images=200, width=500, 
     }
 
 
-
-# -- FLOP count --------------------------------------------------------------------------------
+# -- FLOP count (forward: model.model_flops) -----------------------------------------------------
 
 # Training one image: the forward pass, the gradient with respect to the activations and the
 # gradient with respect to the weights each cost about one forward pass (the usual convention,
 # 4.35 GFLOP per image at 227, docs/performance.md). It slightly overcounts: conv1 needs no input gradient.
 TRAINING_FLOPS_FACTOR = 3
-
-
-def layer_flops(layer):
-    """Forward FLOPs per image of one layer: 2 x its multiply-adds for a convolution or a dense
-    layer (output positions x kernel size; a grouped kernel is (k, k, C/groups, F), so groups are
-    counted correctly), 0 for everything else (bias, ReLU, LRN, pooling, dropout are not counted).
-    """
-    if isinstance(layer, (TwoColumnConv2D, keras.layers.Conv2D)):
-        _, height, width, _ = layer.output.shape
-        return 2 * height * width * int(np.prod(layer.kernel.shape))
-    if isinstance(layer, keras.layers.Dense):
-        return 2 * int(np.prod(layer.kernel.shape))
-    return 0
-
-
-def model_flops(model):
-    """Forward FLOPs per image of a built model (the sum of `layer_flops`). The paper network at
-    227 with 1000 classes: 1,448,813,632 (724.4 M multiply-adds, docs/paper.md)."""
-    return sum(layer_flops(layer) for layer in model.layers)
 
 
 # -- the ceiling: a large matmul ---------------------------------------------------------------

@@ -46,6 +46,7 @@ import tensorflow as tf
 from absl import logging
 
 from keras_alexnet import augment, sources
+from keras_alexnet.sources.common import check_split, pipeline_share
 from keras_alexnet.errors import UsageError
 
 # Records held in the shuffle buffer for record-based sources (tfrecord, tfds); file lists and
@@ -218,7 +219,7 @@ def make_dataset(
         shuffle_buffer: records in the shuffle buffer of tfrecord and tfds sources.
         image_dtype: "float32" (the model's input) or, for training, "uint8" (see above).
     """
-    sources.check_split(split)
+    check_split(split)
     source = sources.open_source(spec, data_dir, manual_dir)
     if augmentation not in augment.AUGMENTATIONS:
         raise UsageError(f"unknown augmentation {augmentation!r}; expected one of {', '.join(augment.AUGMENTATIONS)}")
@@ -239,7 +240,7 @@ def make_dataset(
         return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
     records, load = source.records(split, training, input_context, seed, shuffle_buffer)
-    pipeline_id = sources.common.pipeline_share(input_context)[1]
+    pipeline_id = pipeline_share(input_context)[1]
     if training:
         records = records.repeat()
     # A stateless seed per example: [seed, pipeline, index] packed into two int64s, so the

@@ -328,12 +328,15 @@ class _Run:
         self.chance.after_epoch(epoch + 1, held_out)
         if self.stop.requested and self.step < self.total_steps:  # arrived during the evaluation: the epoch's checkpoint is saved
             raise self.preempted()
-        return {"step": self.step, "epoch": epoch + 1, **{f"val_{k}": v for k, v in held_out.items()}}
+        return self._result(epoch + 1, held_out)
 
     def evaluate_restored(self):
         held_out = self.evaluate()
         self.say(f"already trained {self.step} steps; held-out top-1 {held_out['top1']:.3f}")
-        return {"step": self.step, "epoch": self.config.epochs, **{f"val_{k}": v for k, v in held_out.items()}}
+        return self._result(self.config.epochs, held_out)
+
+    def _result(self, epoch, held_out):
+        return {"step": self.step, "epoch": epoch, **{f"val_{k}": v for k, v in held_out.items()}}
 
     def write_train_scalars(self):
         if self.window.examples:

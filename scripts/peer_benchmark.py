@@ -71,16 +71,6 @@ def timed_runs(step, warmup_steps, steps, runs, synchronize):
     return seconds
 
 
-def flops_of(weights_and_outputs):
-    """Forward FLOPs per image: 2 per multiply-add of each conv kernel (rank 4, over its output
-    map) and dense kernel (rank 2). Items are (weight shape, output spatial size)."""
-    total = 0
-    for shape, spatial in weights_and_outputs:
-        size = 1
-        for dim in shape:
-            size *= dim
-        total += 2 * size * (spatial if len(shape) == 4 else 1)
-    return total
 
 
 # -- Keras on JAX ----------------------------------------------------------------------------------
@@ -92,14 +82,16 @@ def keras_jax_engine(batch_size, image_size, variant, precision):
     import keras
 
     import keras_alexnet
+    from keras_alexnet.model import model_flops
 
     if keras.backend.backend() != "jax":
         cli.fail(f"KERAS_BACKEND is {keras.backend.backend()!r}: run this script with KERAS_BACKEND=jax (or unset).")
+    policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
     try:
         model = keras_alexnet.build(num_classes=NUM_CLASSES, input_shape=(image_size, image_size, 3), variant=variant, seed=0)
     finally:
-        keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy(policy)
     optimizer = keras.optimizers.SGD(LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -132,13 +124,7 @@ def keras_jax_engine(batch_size, image_size, variant, precision):
     def synchronize():
         jax.block_until_ready(last.get("loss"))
 
-    flops = flops_of((tuple(w.shape), _spatial(layer.output.shape))
-                     for layer in model.layers for w in layer.weights if len(w.shape) in (2, 4))
-    return step, synchronize, flops, str(jax.devices()[0].device_kind)
-
-
-def _spatial(shape):
-    return shape[1] * shape[2] if len(shape) == 4 else 1
+    return step, synchronize, model_flops(model), str(jax.devices()[0].device_kind)
 
 
 def jax_matmul_rate(size, precision):
@@ -183,16 +169,26 @@ def torch_engine(batch_size, image_size, compile_step, precision):
 
     step = torch.compile(train_step) if compile_step else train_step
     synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    outputs = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: outputs.__setitem__(m, o.shape)) for m in model if hasattr(m, "weight")]
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    return step, synchronize, _torch_flops(model, images[:1]), name
+
+
+def _torch_flops(model, image):
+    """Forward FLOPs per image counted as keras_alexnet.model.layer_flops counts them: 2 x kernel
+    size x output positions of each convolution, 2 x kernel size of each linear layer."""
+    import math
+
+    import torch
+
+    flops = []
+    counted = [m for m in model if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    hooks = [m.register_forward_hook(lambda m, i, out: flops.append(
+        2 * m.weight.numel() * (math.prod(out.shape[2:]) if isinstance(m, torch.nn.Conv2d) else 1))) for m in counted]
     with torch.no_grad():
-        model(images[:1])
+        model(image)
     for hook in hooks:
         hook.remove()
-    flops = flops_of((tuple(m.weight.shape), outputs[m][2] * outputs[m][3] if len(outputs[m]) == 4 else 1)
-                     for m in model if hasattr(m, "weight"))
-    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    return step, synchronize, flops, name
+    return sum(flops)
 
 
 def torch_matmul_rate(size, precision):

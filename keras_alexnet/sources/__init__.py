@@ -20,7 +20,6 @@ or, for a source that makes finished batches itself (synthetic), `batches(...)` 
 """
 
 from keras_alexnet.errors import UsageError
-from keras_alexnet.sources.common import check_split  # noqa: F401 (sources.check_split)
 from keras_alexnet.sources.folder import Folder
 from keras_alexnet.sources.shapes import Shapes
 from keras_alexnet.sources.synthetic import Synthetic
