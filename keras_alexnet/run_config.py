@@ -22,7 +22,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs; scripts/train.py fills it from flags. None means "choose for me":
-    the recipe (keras_alexnet.recipes) fills image_size ... weight_decay, the machine the rest."""
+    the recipe (keras_alexnet.recipes) fills image_size ... dropout, the machine the rest."""
 
     dataset: str = "shapes"
     data_dir: str = None
@@ -34,7 +34,7 @@ class TrainConfig:
     variant: str = None  # "paper", or the --weights file's
     groups: int = None  # 2, or the --weights file's
     init: str = "caffe"
-    dropout: float = 0.5
+    dropout: float = None  # the recipe's: 0.5 (§4.2), demo 0
     weights: str = None  # start from this weight file (keras_alexnet.finetune)
     trainable: str = "all"  # the first layer that trains (finetune.TRAINABLE); the ones below stay the file's
     classifier_lr_multiplier: float = None  # fc8's rate / the base rate: 10 for a new fc8 under SGD, else 1
@@ -105,7 +105,7 @@ def check_config(config):
         raise UsageError(f"--optimizer={config.optimizer!r} is unknown: use one of {', '.join(optimization.OPTIMIZERS)}.")
     if config.learning_rate is not None and not config.learning_rate > 0:
         raise UsageError(f"--learning_rate={config.learning_rate} must be positive.")
-    if not 0.0 <= config.dropout < 1.0:
+    if config.dropout is not None and not 0.0 <= config.dropout < 1.0:
         raise UsageError(f"--dropout={config.dropout} must be in [0, 1).")
     if (config.weight_decay or 0.0) < 0 or config.momentum < 0:
         raise UsageError("--weight_decay and --momentum must not be negative.")

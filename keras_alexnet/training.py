@@ -260,7 +260,8 @@ class _Run:
                  f"image {config.image_size}, batch {config.batch_size}, lr {config.learning_rate:g} ({config.lr_schedule}), "
                  f"{config.epochs} epoch{'s' if config.epochs > 1 else ''} x {config.steps_per_epoch} steps")
         self.say(f"recipe {config.recipe} ({config.recipe_reason}): {config.optimizer}, warm-up {config.warmup_epochs:g} "
-                 f"epoch{'s' if config.warmup_epochs != 1 else ''}, weight decay {config.weight_decay:g}; flags given win")
+                 f"epoch{'s' if config.warmup_epochs != 1 else ''}, weight decay {config.weight_decay:g}, dropout {config.dropout:g}; "
+                 "flags given win")
 
     def train_one_epoch(self):
         """Train to the end of the current epoch in loops of `steps_per_loop` steps, with progress,

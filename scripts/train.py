@@ -26,7 +26,7 @@ import _flags
 
 flags.DEFINE_enum("recipe", "auto", ["auto", "paper", "small_data", "demo", "finetune"],
                   "What unset flags mean. auto: finetune with --weights (SGD 0.001, new fc8 x10, no warm-up, cosine, "
-                  "decay 5e-4, batch 32, 10 epochs, the file's input size), demo on shapes, paper (§5: SGD 0.01 x batch/128, plateau /10, decay 5e-4, "
+                  "decay 5e-4, batch 32, 10 epochs, the file's input size), demo on shapes (Adam 5e-4, 3 warm-up epochs, cosine, no dropout, 67 px, batch 32, 10 epochs), paper (§5: SGD 0.01 x batch/128, plateau /10, decay 5e-4, "
                   "227 px, batch 128, 90 epochs) for 100,000+ training images, small_data (SGD 0.01 unscaled, 1 warm-up epoch, "
                   "cosine, decay 5e-4, 227 px, batch 32, 30 epochs) under that. docs/recipes.md.")
 _flags.define_strategy_flags()
@@ -51,7 +51,7 @@ flags.DEFINE_enum("trainable", "all", ["all", "fc", "conv1", "conv2", "conv3", "
 flags.DEFINE_float("classifier_lr_multiplier", None, "With --weights: fc8's learning rate / the base rate (default 10 "
                    "for a new fc8 under SGD, as in Caffe's fine-tuning; else 1).")
 flags.DEFINE_enum("init", "caffe", ["caffe", "paper"], "Initialization: caffe (learns at once) or paper (§5, biases 1).")
-flags.DEFINE_float("dropout", 0.5, "Dropout rate after fc6 and fc7 (§4.2).")
+flags.DEFINE_float("dropout", None, "Dropout rate after fc6 and fc7 (default: the recipe's: 0.5 as in §4.2; demo 0).")
 flags.DEFINE_integer("image_size", None, "Square input size, at least 67 (default: the recipe's, 227; demo 67).")
 flags.DEFINE_integer("batch_size", None, "Global batch size, split evenly over the replicas (default: the recipe's: paper 128, small_data and demo 32).")
 flags.DEFINE_integer("epochs", None, "Epochs to train (default: the recipe's: paper 90, small_data 30, demo 10).")

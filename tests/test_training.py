@@ -420,10 +420,10 @@ def test_unset_flags_are_left_to_the_recipe():
 @pytest.mark.parametrize(
     "dataset,train_examples,recipe,values",
     [
-        ("shapes", 4000, "demo", ("adam", 67, 32, 10, 0.0)),
-        ("folder:/photos", 1500, "small_data", ("sgd", 227, 32, 30, 5e-4)),
-        ("folder:/photos", 99_999, "small_data", ("sgd", 227, 32, 30, 5e-4)),
-        ("tfds:imagenet2012", 1_281_167, "paper", ("sgd", 227, 128, 90, 5e-4)),
+        ("shapes", 4000, "demo", ("adam", 67, 32, 10, 0.0, 0.0)),
+        ("folder:/photos", 1500, "small_data", ("sgd", 227, 32, 30, 5e-4, 0.5)),
+        ("folder:/photos", 99_999, "small_data", ("sgd", 227, 32, 30, 5e-4, 0.5)),
+        ("tfds:imagenet2012", 1_281_167, "paper", ("sgd", 227, 128, 90, 5e-4, 0.5)),
     ],
 )
 def test_auto_recipe_follows_the_data(dataset, train_examples, recipe, values):
@@ -431,11 +431,13 @@ def test_auto_recipe_follows_the_data(dataset, train_examples, recipe, values):
     assert config.recipe == recipe
     assert config.recipe_reason == ("the built-in shapes data" if recipe == "demo" else
                                     f"{train_examples:,} training images, {'at least' if recipe == 'paper' else 'under'} 100,000")
-    assert (config.optimizer, config.image_size, config.batch_size, config.epochs, config.weight_decay) == values
+    assert (config.optimizer, config.image_size, config.batch_size, config.epochs, config.weight_decay,
+            config.dropout) == values
     # A setting given wins; a named recipe wins over the data's size.
-    given = recipes.apply(TrainConfig(dataset=dataset, optimizer="sgd", epochs=15, recipe="paper"), train_examples)
-    assert (given.recipe, given.recipe_reason, given.optimizer, given.epochs, given.lr_schedule) == (
-        "paper", "--recipe=paper", "sgd", 15, "plateau")
+    given = recipes.apply(TrainConfig(dataset=dataset, optimizer="sgd", epochs=15, dropout=0.25, recipe="paper"),
+                          train_examples)
+    assert (given.recipe, given.recipe_reason, given.optimizer, given.epochs, given.lr_schedule, given.dropout) == (
+        "paper", "--recipe=paper", "sgd", 15, "plateau", 0.25)
 
 
 def test_two_models_of_different_shapes_train_under_mirrored_in_one_process():
