@@ -135,3 +135,38 @@ def write_photo_set(out_dir, photos, config=PatchConfig()):
                 patch.save(os.path.join(class_dir, f"{i:04d}.jpg"), quality=config.quality)
             counts[split] += count
     return counts
+
+
+# The reference classifier's view of a patch (scripts/photo_reference.py): resized to the input
+# size learning_check.py trains at.
+REFERENCE_SIZE = 67
+
+
+def reference_features(path):
+    """One patch file -> orderless statistics of its colours and edges, for a classifier without a
+    network (scripts/photo_reference.py): the patch at 67 x 67, its 6x6x6 RGB histogram, the
+    histograms of its grey-level gradient magnitudes and (on edges) orientations, and its
+    per-channel mean and standard deviation."""
+    image = np.asarray(Image.open(path).convert("RGB").resize((REFERENCE_SIZE,) * 2, Image.BILINEAR), np.float32)
+    colours, _ = np.histogramdd(image.reshape(-1, 3), bins=(6, 6, 6), range=((0, 256),) * 3)
+    grey = image.mean(axis=2)
+    dx, dy = np.diff(grey, axis=1)[:-1], np.diff(grey, axis=0)[:, :-1]
+    magnitude, angle = np.hypot(dx, dy), np.arctan2(dy, dx)
+    magnitudes, _ = np.histogram(magnitude, bins=12, range=(0, 120))
+    edges = magnitude > 4  # orientations of the pixels on an edge, not of the noise
+    orientations, _ = np.histogram(angle[edges], bins=8, range=(-np.pi, np.pi))
+    moments = np.concatenate([image.mean(axis=(0, 1)), image.std(axis=(0, 1)), [magnitude.mean(), magnitude.std()]])
+    return np.concatenate([colours.ravel() / grey.size, magnitudes / grey.size,
+                           orientations / max(1, edges.sum()), moments / 100])
+
+
+def reference_split(root):
+    """(features [N, D], labels [N], class names) of a set's train/ or val/ folder."""
+    names = sorted(os.listdir(root))
+    rows, labels = [], []
+    for label, name in enumerate(names):
+        folder = os.path.join(root, name)
+        for file_name in sorted(os.listdir(folder)):
+            rows.append(reference_features(os.path.join(folder, file_name)))
+            labels.append(label)
+    return np.array(rows), np.array(labels), names
