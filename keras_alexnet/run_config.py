@@ -139,10 +139,12 @@ def check_resume(config, num_classes):
         raise UsageError(f"--model_dir={config.model_dir} was started from a weight file with sha256 "
                          f"{str(previous['weights_sha256'])[:12]}..., not --weights={config.weights} "
                          f"({str(config.weights_sha256)[:12]}...): use a new --model_dir or the original file.")
-    for key in checkpoints.MODEL_KEYS + ("trainable",):
+    # The optimizer too: its slots (momentum, Adam's moments) are in the checkpoint, and another
+    # optimizer's would not restore.
+    for key in checkpoints.MODEL_KEYS + ("trainable", "optimizer"):
         if key in previous and previous[key] != current.get(key):
             raise UsageError(
-                f"--model_dir={config.model_dir} holds checkpoints of a model with {key}={previous[key]}, "
+                f"--model_dir={config.model_dir} holds checkpoints of a run with {key}={previous[key]}, "
                 f"but this run has {key}={current.get(key)}: use a new --model_dir or the same --{key}."
             )
 
