@@ -358,6 +358,12 @@ def _device_name():
 
 # -- infer ---------------------------------------------------------------------------------------
 
+def export_precision(precision):
+    """The precision an export of a model trained or run in `precision` computes in: bfloat16 for
+    mixed_bfloat16, float32 for the rest (export.EXPORT_PRECISIONS has no float16)."""
+    return precision if precision in export.EXPORT_PRECISIONS else "float32"
+
+
 def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision=None, xla=None, strategy="default",
                     tpu=None, num_gpus=None, num_batches=5, latency_calls=10, runs=5, matmul_size=4096, num_classes=1000, seed=0):
     """Inference of the Keras model (a compiled predict step, XLA if `xla`) and of the exported
@@ -367,8 +373,9 @@ def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
     Per run and engine: batch-1 latency (median of `latency_calls` calls, one device) and batch
     `batch_size` throughput (`num_batches` calls; the Keras step splits the batch over the
     strategy's replicas), with the achieved GFLOP/s (the model's forward FLOPs) over a
-    `matmul_size`^3 matmul in the compute dtype timed in the same run. The SavedModel is always
-    float32 (as exported) and runs on the default device. Returns {"keras": summary,
+    `matmul_size`^3 matmul in the compute dtype timed in the same run. The SavedModel is exported
+    in bfloat16 when `precision` is mixed_bfloat16 (export's opt-in), float32 otherwise, and runs
+    on the default device. Returns {"keras": summary,
     "saved_model": summary, ...setup}, each summary as `train_benchmark`'s.
     """
     strategy_object = distribute.get_strategy(strategy, tpu=tpu, num_gpus=num_gpus)
@@ -400,7 +407,7 @@ def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
         engines = {"keras": (lambda: forward(one_image).numpy(), lambda: [x.numpy() for x in predict_batch(batch)])}
         with tempfile.TemporaryDirectory() as scratch:
             path = export.export_saved_model(model, scratch, class_names=[str(i) for i in range(num_classes)],
-                                             image_size=image_size)
+                                             image_size=image_size, precision=export_precision(precision))
             signature = tf.saved_model.load(path).signatures[export.IMAGES_SIGNATURE]
             engines["saved_model"] = (lambda: signature(images=one_image)["probabilities"].numpy(),
                                       lambda: signature(images=full_batch)["probabilities"].numpy())
@@ -426,6 +433,7 @@ def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
         keras.mixed_precision.set_global_policy(previous_policy)
     setup = {
         "variant": variant, "image_size": image_size, "batch_size": batch_size, "precision": precision, "xla": bool(xla),
+        "export_precision": export_precision(precision),
         "strategy": type(strategy_object).__name__, "replicas": strategy_object.num_replicas_in_sync,
         "gflop_per_image": flops_per_image / 1e9, "matmul_size": matmul_size, "device": _device_name(),
     }

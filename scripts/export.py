@@ -2,6 +2,7 @@
 
     python scripts/export.py --model_dir runs/alexnet                    # -> saved_models/alexnet/<next>
     python scripts/export.py --model_dir runs/alexnet --export_base /models/alexnet --version 3
+    python scripts/export.py --model_dir runs/alexnet --precision mixed_bfloat16   # bfloat16 servers
 
 Writes <export_base>/<version>/ (the next free integer by default; an existing version is never
 overwritten) with the `serving_default` (JPEG/PNG bytes) and `predict_images` signatures and
@@ -20,6 +21,10 @@ flags.DEFINE_string("checkpoint", None, "A checkpoint path prefix in --model_dir
 flags.DEFINE_string("export_base", "saved_models/alexnet", "TF Serving's model_base_path: versions are folders inside it.")
 flags.DEFINE_integer("version", None, "Version number (default: the next free integer).")
 flags.DEFINE_string("model_name", None, "Model name in the warm-up requests (default: the basename of --export_base).")
+flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
+                  "What the export computes in: float32 (every server), or mixed_bfloat16 for servers with bfloat16 "
+                  "units (AVX512-BF16/AMX CPUs, recent GPUs; slower elsewhere). Inputs and outputs stay float32. "
+                  "docs/serving.md.")
 
 FLAGS = flags.FLAGS
 
@@ -49,7 +54,7 @@ def main(argv):
     class_names = checkpoints.class_names(config)
     path = export.export_saved_model(
         model, FLAGS.export_base, class_names=class_names, image_size=int(config["image_size"]),
-        version=FLAGS.version, model_name=FLAGS.model_name, mean_image=config.get("mean_rgb"),
+        version=FLAGS.version, model_name=FLAGS.model_name, mean_image=config.get("mean_rgb"), precision=FLAGS.precision,
     )
     print(path)
 

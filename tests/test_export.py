@@ -335,9 +335,9 @@ def test_mixed_precision_model_exports_float32(policy, tmp_path):
     policy("mixed_float16")
     model = small_model()
     assert model.get_layer("conv1").compute_dtype == "float16"
-    copy = export.float32_copy(model)
+    copy = export.precision_copy(model)
     assert all(layer.compute_dtype == "float32" for layer in copy.layers[1:])
-    assert export.float32_copy(copy) is copy
+    assert export.precision_copy(copy) is copy
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), copy.get_weights()))
     policy("float32")
     module = export.ServingModule(copy, CLASSES)
@@ -347,6 +347,28 @@ def test_mixed_precision_model_exports_float32(policy, tmp_path):
     assert tf.float16.as_datatype_enum not in graph_dtypes(module)
     # The check can fail: the model as trained computes in float16.
     assert tf.float16.as_datatype_enum in graph_dtypes(export.ServingModule(model, CLASSES))
+
+
+def test_bfloat16_export_is_opt_in_and_answers_like_float32(tmp_path):
+    model = small_model()
+    images = encoded_images()
+    base = tmp_path / "base"
+    path32 = export.export_saved_model(model, base, class_names=CLASSES)
+    path16 = export.export_saved_model(model, base, class_names=CLASSES, precision="mixed_bfloat16")
+    answers = {}
+    for path in (path32, path16):
+        signature = tf.saved_model.load(path).signatures[export.SERVING_SIGNATURE]
+        answers[path] = signature(image_bytes=tf.constant(images))
+    assert answers[path16]["probabilities"].dtype == tf.float32  # clients see float32 either way
+    np.testing.assert_allclose(answers[path16]["probabilities"].numpy(), answers[path32]["probabilities"].numpy(),
+                               atol=2e-2)
+    bf16_copy = export.precision_copy(model, "mixed_bfloat16")
+    assert bf16_copy.get_layer("conv1").compute_dtype == "bfloat16"
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), bf16_copy.get_weights()))
+    assert tf.bfloat16.as_datatype_enum in graph_dtypes(export.ServingModule(bf16_copy, CLASSES))
+    assert tf.bfloat16.as_datatype_enum not in graph_dtypes(export.ServingModule(model, CLASSES))
+    with pytest.raises(UsageError, match="mixed_float16"):
+        export.precision_copy(model, "mixed_float16")
 
 
 def graph_dtypes(module):

@@ -120,11 +120,15 @@ def test_export_script_warns_about_a_run_that_ended_at_chance(tmp_path):
     write_model_dir(str(model_dir))
     record = {"epoch": 2, "val_top1": 0.09, "val_examples": 1000}  # 10 classes: chance 0.1
     (model_dir / "history.jsonl").write_text(json.dumps({**record, "epoch": 1}) + "\n" + json.dumps(record) + "\n")
-    done = run_script("export.py", "--model_dir", model_dir, "--export_base", tmp_path / "base")
+    # (With the opt-in bfloat16 export, to run that flag end to end too.)
+    done = run_script("export.py", "--model_dir", model_dir, "--export_base", tmp_path / "base", "--precision", "mixed_bfloat16")
     assert done.returncode == 0, done.stderr[-3000:]
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: the run's last held-out top-1")]
     assert len(warnings) == 1 and "(0.090 at epoch 2, 1000 images) is within noise of chance (0.100 for 10 classes)" in warnings[0]
     assert tf.saved_model.contains_saved_model(str(tmp_path / "base" / "1"))  # exported all the same, as asked
+    graph = tf.saved_model.load(str(tmp_path / "base" / "1")).signatures["predict_images"].graph.as_graph_def()
+    nodes = list(graph.node) + [node for function in graph.library.function for node in function.node_def]
+    assert any(value.type == tf.bfloat16.as_datatype_enum for node in nodes for value in node.attr.values())
 
 
 def top5_blocks(stdout):
