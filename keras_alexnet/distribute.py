@@ -167,11 +167,16 @@ def cpu_description(cpuinfo="/proc/cpuinfo"):
 XLA_OFF_FROM_SIZE_ON_AVX512 = 96
 
 
-def default_xla(kind, image_size, features=None):
+def default_xla(kind, image_size, features=None, precision="float32"):
     """Whether the training step compiles with XLA when --xla is not given: always on GPUs and
-    TPUs; on CPUs by `features` (default: this CPU's) and the input size, as measured."""
+    TPUs; on CPUs by `features` (default: this CPU's), the input size and the precision, as
+    measured. bfloat16 on a CPU runs faster without XLA at every size measured (x1.15 at 67 px,
+    x2.0 at 227 on an AMD EPYC with AVX512-BF16; docs/performance.md), whose XLA CPU backend
+    lacks oneDNN's bfloat16 kernels."""
     if kind != "cpu":
         return True
+    if precision == "mixed_bfloat16":
+        return False
     features = cpu_features() if features is None else features
     return "avx512f" not in features or image_size < XLA_OFF_FROM_SIZE_ON_AVX512
 

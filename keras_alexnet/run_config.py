@@ -174,11 +174,12 @@ def resolve(config, strategy, info):
         raise UsageError(
             f"--batch_size={config.batch_size} is larger than the {info.num_examples['train']} training examples: lower it."
         )
+    precision = config.precision or distribute.default_precision(kind, strategy)
     return dataclasses.replace(
         config,
-        precision=config.precision or distribute.default_precision(kind, strategy),
-        # XLA: by device, CPU features and input size, as measured (distribute.default_xla).
-        xla=distribute.default_xla(kind, config.image_size) if config.xla is None else config.xla,
+        precision=precision,
+        # XLA: by device, CPU features, input size and precision, as measured (distribute.default_xla).
+        xla=distribute.default_xla(kind, config.image_size, precision=precision) if config.xla is None else config.xla,
         learning_rate=config.learning_rate or optimization.scaled_learning_rate(config.batch_size),
         steps_per_epoch=steps_per_epoch,
     )

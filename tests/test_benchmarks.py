@@ -155,6 +155,8 @@ def test_default_xla_follows_the_machine_and_the_input_size(kind, size, features
     from keras_alexnet import distribute
 
     assert distribute.default_xla(kind, size, features) is expected
+    # bfloat16 on a CPU: XLA off at every size (oneDNN's bfloat16 kernels); elsewhere unchanged.
+    assert distribute.default_xla(kind, size, features, precision="mixed_bfloat16") is (kind != "cpu")
 
 
 def _json_lines(result):

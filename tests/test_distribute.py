@@ -1,6 +1,7 @@
 """keras_alexnet.distribute on its own: strategy choice, one-line errors, and the machine facts the
 precision and XLA defaults read (tests/test_benchmarks.py has default_xla's table)."""
 
+import dataclasses
 import os
 
 import pytest
@@ -72,3 +73,17 @@ def test_a_machine_without_proc_cpuinfo_has_no_features(tmp_path):
 
 def test_this_machine_is_described_with_its_core_count():
     assert f"{os.cpu_count()} cores" in distribute.machine_description()
+
+
+def test_resolve_turns_xla_off_for_bfloat16_on_a_cpu():
+    from keras_alexnet import recipes
+    from keras_alexnet.run_config import TrainConfig, resolve
+    from keras_alexnet.sources.common import DatasetInfo
+
+    info = DatasetInfo("shapes", 10, [str(i) for i in range(10)], {"train": 64, "validation": 16})
+    strategy = distribute.get_strategy("default")
+    config = recipes.apply(TrainConfig(dataset="shapes", image_size=67), 64)
+    assert resolve(dataclasses.replace(config, precision="mixed_bfloat16"), strategy, info).xla is False
+    # float32 at 67 px keeps the machine's rule; a flag given wins over both.
+    assert resolve(config, strategy, info).xla is distribute.default_xla("cpu", 67)
+    assert resolve(dataclasses.replace(config, precision="mixed_bfloat16", xla=True), strategy, info).xla is True
