@@ -54,8 +54,9 @@ SMALL_DATA = Recipe("small_data", image_size=227, batch_size=32, epochs=30, opti
                     lr_schedule="cosine", warmup_epochs=1.0, weight_decay=5e-4)
 # Adam: on the shapes data it leaves the flat start within two epochs where SGD needs four, which a
 # 10-minute budget cannot spare; three warm-up epochs keep every seed's ReLUs alive. No dropout:
-# the paper's 0.5 fights ImageNet's overfitting, while 10 epochs of shapes end with training top-1
-# no higher than held-out (the net underfits), so dropout only slows the learning (docs/recipes.md).
+# the paper's 0.5 fights ImageNet's overfitting, while after 10 epochs of shapes the net still
+# confuses circles and hexagons on its own training images (it underfits), so dropout only slows
+# the learning (docs/recipes.md).
 DEMO = Recipe("demo", image_size=67, batch_size=32, epochs=10, optimizer="adam", learning_rate=5e-4,
               lr_schedule="cosine", warmup_epochs=3.0, weight_decay=0.0, dropout=0.0)
 # From pretrained weights (--weights): Caffe's fine-tuning rate (finetune_flickr_style: base 0.001,
