@@ -381,6 +381,7 @@ def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
     strategy_object = distribute.get_strategy(strategy, tpu=tpu, num_gpus=num_gpus)
     kind = distribute.device_kind()
     precision = precision or distribute.default_precision(kind, strategy_object)
+    exported_in = export_precision(precision)
     # XLA by default on GPU and TPU only: on CPU the graph without it already runs at the matmul
     # rate (docs/performance.md), and the exported SavedModel never carries it. (Training turns
     # XLA on everywhere, run_config.resolve.)
@@ -407,7 +408,7 @@ def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
         engines = {"keras": (lambda: forward(one_image).numpy(), lambda: [x.numpy() for x in predict_batch(batch)])}
         with tempfile.TemporaryDirectory() as scratch:
             path = export.export_saved_model(model, scratch, class_names=[str(i) for i in range(num_classes)],
-                                             image_size=image_size, precision=export_precision(precision))
+                                             image_size=image_size, precision=exported_in)
             signature = tf.saved_model.load(path).signatures[export.IMAGES_SIGNATURE]
             engines["saved_model"] = (lambda: signature(images=one_image)["probabilities"].numpy(),
                                       lambda: signature(images=full_batch)["probabilities"].numpy())
@@ -433,7 +434,7 @@ def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
         keras.mixed_precision.set_global_policy(previous_policy)
     setup = {
         "variant": variant, "image_size": image_size, "batch_size": batch_size, "precision": precision, "xla": bool(xla),
-        "export_precision": export_precision(precision),
+        "export_precision": exported_in,
         "strategy": type(strategy_object).__name__, "replicas": strategy_object.num_replicas_in_sync,
         "gflop_per_image": flops_per_image / 1e9, "matmul_size": matmul_size, "device": _device_name(),
     }
