@@ -262,6 +262,10 @@ class _Run:
         self.say(f"recipe {config.recipe} ({config.recipe_reason}): {config.optimizer}, warm-up {config.warmup_epochs:g} "
                  f"epoch{'s' if config.warmup_epochs != 1 else ''}, weight decay {config.weight_decay:g}, dropout {config.dropout:g}; "
                  "flags given win")
+        if config.precision == "mixed_float16" and distribute.device_kind() == "cpu":
+            self.say("warning: mixed_float16 on a CPU is slower than float32 (CPUs have no float16 arithmetic units; "
+                     "docs/performance.md): leave --precision unset for float32, or use --precision mixed_bfloat16 on a "
+                     "CPU with AVX512-BF16 or AMX")
 
     def train_one_epoch(self):
         """Train to the end of the current epoch in loops of `steps_per_loop` steps, with progress,

@@ -157,6 +157,8 @@ def test_default_xla_follows_the_machine_and_the_input_size(kind, size, features
     assert distribute.default_xla(kind, size, features) is expected
     # bfloat16 on a CPU: XLA off at every size (oneDNN's bfloat16 kernels); elsewhere unchanged.
     assert distribute.default_xla(kind, size, features, precision="mixed_bfloat16") is (kind != "cpu")
+    # float16 on a CPU: XLA on at every size (without it the convolutions fall back to slow kernels).
+    assert distribute.default_xla(kind, size, features, precision="mixed_float16") is True
 
 
 def _json_lines(result):

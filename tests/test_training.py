@@ -132,9 +132,15 @@ def test_train_on_default_strategy(tmp_path, precision, xla):
         assert scalars[f"val/{tag}"] == [2, 4]  # every epoch end
 
 
-def test_mixed_float16_uses_loss_scaling(tmp_path):
-    result = train(TrainConfig(**{**TINY, "precision": "mixed_float16"}, model_dir=str(tmp_path), strategy="default"))
+def test_mixed_float16_uses_loss_scaling_and_warns_on_a_cpu(tmp_path):
+    out = io.StringIO()
+    result = train(TrainConfig(**{**TINY, "precision": "mixed_float16"}, model_dir=str(tmp_path), strategy="default"), stream=out)
     assert result["step"] == 2 and np.isfinite(result["val_loss"])
+    assert "warning: mixed_float16 on a CPU is slower than float32" in out.getvalue()
+    # float32, the CPU default, gets no such line.
+    out = io.StringIO()
+    train(TrainConfig(**TINY, model_dir=str(tmp_path / "f32"), strategy="default"), stream=out)
+    assert "mixed_float16" not in out.getvalue()
 
 
 def test_restart_resumes_and_finishes(tmp_path):
