@@ -2,12 +2,14 @@
 
     python scripts/predict.py cat.jpg dog.png --saved_model saved_models/alexnet/1
     python scripts/predict.py photos/*.jpg --model_dir runs/alexnet
+    python scripts/predict.py photos/ --model_dir runs/alexnet      # every image file in the folder
 
 Both paths run the same function (`export.ServingModule.serve_image_bytes`: decode, centre view,
 softmax), so they print the same numbers. A file that cannot be read or is not an image gets a
 one-line error on stderr and the other images are still answered; the exit code is then 1.
 """
 
+import os
 import sys
 
 from absl import flags
@@ -19,6 +21,8 @@ flags.DEFINE_string("model_dir", None, "A training run's directory (config.json 
 flags.DEFINE_string("checkpoint", None, "A checkpoint path prefix in --model_dir (default: the newest).")
 
 FLAGS = flags.FLAGS
+# What a folder argument expands to (the formats the serving signature decodes).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 
 
 def load_predictor():
@@ -45,8 +49,21 @@ def error_line(error):
     return message.removeprefix("assertion failed: [").removesuffix("]").replace("image_bytes[0] is ", "")
 
 
+def expand_folders(paths):
+    """The arguments with each folder replaced by its image files (sorted, not recursive); a
+    folder without any is kept, and answered with an error line."""
+    expanded = []
+    for path in paths:
+        if not os.path.isdir(path):
+            expanded.append(path)
+            continue
+        images = sorted(os.path.join(path, name) for name in os.listdir(path) if name.lower().endswith(IMAGE_EXTENSIONS))
+        expanded.extend(images or [path])
+    return expanded
+
+
 def main(argv):
-    paths = argv[1:]
+    paths = expand_folders(argv[1:])
     if not paths:
         cli.fail("name one or more image files: predict.py IMAGE ... --saved_model PATH")
     if bool(FLAGS.saved_model) == bool(FLAGS.model_dir):
@@ -57,6 +74,11 @@ def main(argv):
 
     failed = 0
     for path in paths:
+        if os.path.isdir(path):
+            print(f"error: {path}: a folder with no image files ({' '.join(IMAGE_EXTENSIONS)}) directly in it; "
+                  f"for class subfolders pass {os.path.join(path, '*')}", file=sys.stderr)
+            failed += 1
+            continue
         try:
             with open(path, "rb") as f:
                 image_bytes = f.read()

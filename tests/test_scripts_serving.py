@@ -167,6 +167,19 @@ def test_predict_script_saved_model_and_model_dir_agree(run):
         np.testing.assert_allclose([score for _, score in block], probabilities[order], atol=6e-5)
 
 
+def test_predict_script_answers_a_folder_with_its_image_files(run, tmp_path):
+    images = run["images"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_script("predict.py", os.path.dirname(images["photo.jpg"]), empty, "--saved_model", os.path.join(run["base"], "1"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    # photo.jpg and stripes.png, in name order; notes.txt is not an image file and is not tried.
+    assert list(top5_blocks(result.stdout)) == [images["photo.jpg"], images["stripes.png"]]
+    assert top5_blocks(result.stdout) == top5_blocks(run["runs"]["predict saved_model"].stdout)
+    assert error_lines(result.stderr) == [f"error: {empty}: a folder with no image files (.jpg .jpeg .png .gif .bmp .webp) "
+                                          f"directly in it; for class subfolders pass {empty}/*"]
+
+
 def test_usage_errors_answer_before_loading_anything(run):
     for script, args in (("predict.py", [run["images"]["photo.jpg"]]), ("evaluate.py", ["--dataset", DATASET]),
                          ("evaluate.py", ["--model_dir", "a", "--saved_model", "b"])):
