@@ -15,7 +15,7 @@ imports it as `import _cli as cli` (Python puts the script's folder first on sys
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 USAGE_EXIT_CODE = 2
 
@@ -78,6 +78,10 @@ def run(main, positional=False, argv=None):
     def checked_main(argv):
         if not positional and len(argv) > 1:
             fail(f"unexpected arguments {argv[1:]}: flags are --name=value.")
+        # absl logs TensorFlow's INFO lines (checkpoint sharding, SavedModel assets, retracing
+        # notes) by default: keep the terminal for progress and results. --verbosity=0 shows them.
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
         except Exception as error:

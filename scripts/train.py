@@ -94,11 +94,6 @@ def config_values(flag_values):
 
 
 def main(argv):
-    from absl import logging
-
-    # absl logs TensorFlow's INFO lines (checkpoint sharding, retracing notes) by default: keep
-    # the terminal for progress and results.
-    logging.set_verbosity(logging.WARNING)
     from keras_alexnet import evaluation
     from keras_alexnet.training import NOT_LEARNED_EXIT_CODE, Preempted, TrainConfig, TrainingDiverged, train
 
