@@ -488,7 +488,22 @@ def _save(manager, step):
     try:
         manager.save(checkpoint_number=step)
     except (OSError, tf.errors.OpError) as error:
+        _remove_failed_save(manager.directory, step)
         raise UsageError(
             f"could not write a checkpoint to {manager.directory} ({first_line(error)}): "
             "free disk space or choose another --model_dir; earlier checkpoints are intact."
         ) from None
+
+
+def _remove_failed_save(directory, step):
+    """Delete what a failed save left: TensorFlow writes a checkpoint into ckpt-<step>_temp/ and
+    renames it at the end, so after a full disk that folder holds up to a checkpoint's size and
+    would keep the disk full. Nothing else is touched: earlier checkpoints stay as they were."""
+    for path in tf.io.gfile.glob(os.path.join(directory, f"ckpt-{step}_temp*")):
+        try:
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+            else:
+                tf.io.gfile.remove(path)
+        except (OSError, tf.errors.OpError):
+            pass  # the error the user sees is the failed save's, not this one

@@ -2,8 +2,8 @@
 
 A script defines its absl flags and a `main(argv)`, and ends with `cli.run(main)`. Bad user input
 (an unknown or malformed flag, a stray positional argument, a `keras_alexnet.errors.UsageError`
-or a `FileNotFoundError` out of `main`) is then one line `error: ...` on stderr and exit code 2,
-with no traceback.
+or a `FileNotFoundError` out of `main`) and a write that found no space (a full disk, a quota)
+are then one line `error: ...` on stderr and exit code 2, with no traceback.
 
 This module only parses argv and handles errors: it reads no flag values (the library never
 reads flags). It sits beside the scripts, not in keras_alexnet, and imports only the standard
@@ -12,6 +12,7 @@ usage errors before that; serving_client.py's REST path needs no TensorFlow at a
 imports it as `import _cli as cli` (Python puts the script's folder first on sys.path).
 """
 
+import errno
 import os
 import sys
 
@@ -67,9 +68,27 @@ def is_usage_error(error):
     return isinstance(error, FileNotFoundError) or (errors is not None and isinstance(error, errors.UsageError))
 
 
+# A write that failed for want of space: a full disk, a quota, a file size limit.
+_NO_SPACE = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded", errno.EFBIG: "File too large"}
+
+
+def no_space_message(error):
+    """One line for an error raised because a write found no space (an OSError, or a TensorFlow
+    error whose message names it); None for any other error."""
+    if isinstance(error, OSError) and error.errno in _NO_SPACE:
+        reason, where = _NO_SPACE[error.errno], error.filename
+    else:
+        reason = next((text for text in _NO_SPACE.values() if text in str(error)), None)
+        where = None
+        if reason is None:
+            return None
+    return f"{reason}{f' writing {where}' if where else ''}: free disk space or write somewhere else, then rerun."
+
+
 def run(main, positional=False, argv=None):
     """absl's `app.run(main)` with `parse_flags`; refuses positional arguments unless `positional`,
-    and turns a usage error (`is_usage_error`) raised by `main` into one line and exit code 2.
+    and turns a usage error (`is_usage_error`) or a write that found no space (`no_space_message`)
+    raised by `main` into one line and exit code 2.
 
     `main(argv)` may return an exit code or call `sys.exit` itself; other exit codes and other
     exceptions pass through. `argv` defaults to sys.argv.
@@ -85,8 +104,10 @@ def run(main, positional=False, argv=None):
         try:
             return main(argv)
         except Exception as error:
-            if not is_usage_error(error):
-                raise
-            fail(error)
+            if is_usage_error(error):
+                fail(error)
+            if no_space_message(error):
+                fail(no_space_message(error))
+            raise
 
     app.run(checked_main, argv=argv, flags_parser=parse_flags)

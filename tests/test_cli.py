@@ -1,5 +1,6 @@
 """scripts/_cli.py: one-line errors and exit codes for scripts/ (no TensorFlow work)."""
 
+import errno
 import importlib.util
 import os
 import subprocess
@@ -110,6 +111,11 @@ def test_run_refuses_positional_arguments_unless_asked(capsys):
     [
         (UsageError("--dataset=nonsense: not a dataset."), "error: --dataset=nonsense: not a dataset.\n"),
         (FileNotFoundError("/data/x/config.json not found."), "error: /data/x/config.json not found.\n"),
+        # A full disk or quota, from Python's own writes or from a TensorFlow op's message.
+        (OSError(errno.ENOSPC, "No space left on device", "/out/sets/a.jpg"),
+         "error: No space left on device writing /out/sets/a.jpg: free disk space or write somewhere else, then rerun.\n"),
+        (RuntimeError("/out/1/variables.data; Disk quota exceeded [Op:SaveV2]"),
+         "error: Disk quota exceeded: free disk space or write somewhere else, then rerun.\n"),
     ],
 )
 def test_run_turns_usage_errors_into_one_line_and_exit_2(capsys, error, line):
@@ -133,6 +139,12 @@ def test_run_lets_other_exits_and_errors_through(capsys):
 
     with pytest.raises(RuntimeError, match="a bug"):
         cli.run(broken, argv=["prog"])
+
+    def unreadable(argv):  # an OSError that is not about space stays a traceback
+        raise OSError(errno.EIO, "Input/output error", "/data/x.jpg")
+
+    with pytest.raises(OSError, match="Input/output error"):
+        cli.run(unreadable, argv=["prog"])
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -263,6 +264,29 @@ def test_script_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     lines = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def _file_size_limit(limit_bytes):
+    """For a child process: writes past `limit_bytes` in any one file fail with EFBIG (File too
+    large), as they would on a full disk, without root or a small filesystem."""
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a killed process
+    return apply
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_partial_files(tmp_path):
+    # 20 MB per file: config.json, logs and the input pipeline fit; a checkpoint (about 160 MB of
+    # weights and momentum at 67 px) does not.
+    completed = run_script(f"--dataset={SHAPES}", "--image_size=67", "--batch_size=8", "--epochs=1", "--steps_per_epoch=2",
+                           "--export_dir=", f"--model_dir={tmp_path}", preexec_fn=_file_size_limit(20_000_000))
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in completed.stderr, completed.stderr[-3000:]
+    assert errors[0].startswith(f"error: could not write a checkpoint to {tmp_path / 'checkpoints'} (")
+    assert errors[0].endswith("free disk space or choose another --model_dir; earlier checkpoints are intact.")
+    # The failed save's ckpt-2_temp/ (its partial data file, up to the size limit) was deleted.
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == []
 
 
 def test_a_run_that_does_not_learn_warns_exports_nothing_and_exits_3(tmp_path):
