@@ -38,9 +38,11 @@ _TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 
 def _train(photo_dir, name, seed, model_dir):
     """One training run in its own process; returns (exit code, seconds, history)."""
+    # One checkpoint a run (the last, about 160 MB at 67 px, which evaluate.py reads): three kept
+    # over dozens of runs filled a disk.
     command = [sys.executable, _TRAIN, f"--dataset=folder:{os.path.join(photo_dir, name)}", f"--seed={seed}",
                f"--image_size={FLAGS.image_size}", f"--epochs={FLAGS.epochs}", f"--batch_size={FLAGS.batch_size}",
-               f"--model_dir={model_dir}", "--export_dir=", *FLAGS.train_flags]
+               f"--model_dir={model_dir}", "--export_dir=", "--keep_checkpoints=1", *FLAGS.train_flags]
     start = time.perf_counter()
     with open(model_dir + ".log", "w", encoding="utf-8") as log:
         code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT)
