@@ -92,6 +92,11 @@ def worker_id(strategy):
     return f"{resolver.task_type}{resolver.task_id}"
 
 
+def is_single_device(strategy):
+    """TensorFlow's default strategy or a OneDeviceStrategy: one replica, no cross-device merge."""
+    return isinstance(strategy, tf.distribute.OneDeviceStrategy) or type(strategy).__name__.startswith("_Default")
+
+
 def strategy_name(strategy):
     """The strategy's class name for people: "default strategy" for TensorFlow's private
     _DefaultDistributionStrategy (no tf.distribute strategy asked for)."""

@@ -59,7 +59,7 @@ flags.DEFINE_integer("steps_per_epoch", None, "Steps per epoch (default: trainin
 flags.DEFINE_enum("precision", None, ["float32", "mixed_float16", "mixed_bfloat16"],
                   "Default by device: mixed_bfloat16 on TPU and Ampere+ GPUs, mixed_float16 (loss-scaled) on older GPUs, float32 on CPU "
                   "(where mixed_float16 is slower than float32).")
-flags.DEFINE_bool("xla", None, "Compile each replica's forward and backward with XLA (default: on GPUs, TPUs and AVX2-only CPUs; "
+flags.DEFINE_bool("xla", None, "Compile each replica's forward and backward with XLA, and on one device the optimizer's update (default: on GPUs, TPUs and AVX2-only CPUs; "
                   "on AVX-512 CPUs on below 96 px and off from 96 px; off with mixed_bfloat16 and on with mixed_float16 on any CPU; as measured: "
                   "docs/performance.md).")
 flags.DEFINE_integer("steps_per_loop", 1, "Training steps per call into the compiled loop (raise on accelerators to cut host overhead).")
