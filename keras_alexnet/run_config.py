@@ -109,10 +109,10 @@ def check_config(config):
         raise UsageError(f"--dropout={config.dropout} must be in [0, 1).")
     if (config.weight_decay or 0.0) < 0 or config.momentum < 0:
         raise UsageError("--weight_decay and --momentum must not be negative.")
-    _check_writable(config.model_dir, "--model_dir")
+    check_writable(config.model_dir, "--model_dir")
 
 
-def _check_writable(path, flag):
+def check_writable(path, flag):
     """Create `path` and a probe file in it (a local folder or a TensorFlow filesystem URL)."""
     probe = os.path.join(path, f".write_test_{os.getpid()}")
     try:

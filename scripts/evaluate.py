@@ -36,6 +36,7 @@ def run():
 
     from keras_alexnet import checkpoints, data, distribute, evaluation, export
     from keras_alexnet.errors import UsageError
+    from keras_alexnet.run_config import check_writable
 
     crops = int(FLAGS.crops)
     config = checkpoints.read_config(FLAGS.model_dir) if FLAGS.model_dir else {}
@@ -50,6 +51,9 @@ def run():
     if isinstance(strategy, tf.distribute.TPUStrategy):
         # TPU programs need fixed batch shapes; exact evaluation here relies on partial batches.
         raise UsageError("--strategy tpu is not supported for evaluation: evaluate on CPU or GPU (--strategy default or mirrored).")
+    output = FLAGS.output or (os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}_{crops}crop.json") if FLAGS.model_dir else None)
+    if output and distribute.is_chief(strategy):  # before the evaluation, which can take an hour
+        check_writable(os.path.dirname(os.path.abspath(output)), "the folder of --output")
     replicas = strategy.num_replicas_in_sync
     if FLAGS.batch_size % replicas:
         raise UsageError(f"--batch_size={FLAGS.batch_size} does not split over {replicas} replicas: use a multiple of {replicas}.")
@@ -91,12 +95,10 @@ def run():
         "image_size": image_size,
         "replicas": replicas,
     }
-    output = FLAGS.output or (os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}_{crops}crop.json") if FLAGS.model_dir else None)
+    print(json.dumps(result, sort_keys=True))  # first: a failed write below cannot lose it
     if output and distribute.is_chief(strategy):
-        tf.io.gfile.makedirs(os.path.dirname(os.path.abspath(output)))
         with tf.io.gfile.GFile(output, "w") as f:
             f.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    print(json.dumps(result, sort_keys=True))
     return result
 
 

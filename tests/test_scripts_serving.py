@@ -180,6 +180,15 @@ def test_predict_script_answers_a_folder_with_its_image_files(run, tmp_path):
                                           f"directly in it; for class subfolders pass {empty}/*"]
 
 
+def test_evaluate_refuses_an_output_it_cannot_write_before_evaluating(run):
+    # An ImageNet evaluation takes an hour: an unwritable --output must not end it with a traceback.
+    result = run_script("evaluate.py", "--model_dir", run["model_dir"], "--output", "/proc/no_such_folder/eval.json")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert len(error_lines(result.stderr)) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert error_lines(result.stderr)[0].startswith("error: the folder of --output=/proc/no_such_folder is not writable (")
+    assert result.stdout == ""  # refused before any evaluation result
+
+
 def test_usage_errors_answer_before_loading_anything(run):
     for script, args in (("predict.py", [run["images"]["photo.jpg"]]), ("evaluate.py", ["--dataset", DATASET]),
                          ("evaluate.py", ["--model_dir", "a", "--saved_model", "b"])):
