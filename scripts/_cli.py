@@ -78,10 +78,9 @@ def no_space_message(error):
     if isinstance(error, OSError) and error.errno in _NO_SPACE:
         reason, where = _NO_SPACE[error.errno], error.filename
     else:
-        reason = next((text for text in _NO_SPACE.values() if text in str(error)), None)
-        where = None
-        if reason is None:
-            return None
+        reason, where = next((text for text in _NO_SPACE.values() if text in str(error)), None), None
+    if reason is None:
+        return None
     return f"{reason}{f' writing {where}' if where else ''}: free disk space or write somewhere else, then rerun."
 
 
@@ -106,8 +105,9 @@ def run(main, positional=False, argv=None):
         except Exception as error:
             if is_usage_error(error):
                 fail(error)
-            if no_space_message(error):
-                fail(no_space_message(error))
+            message = no_space_message(error)
+            if message:
+                fail(message)
             raise
 
     app.run(checked_main, argv=argv, flags_parser=parse_flags)
