@@ -47,7 +47,8 @@ def _collect(dataset):
 
 @pytest.fixture
 def image_folder(tmp_path):
-    """3 classes (names not in creation order), JPEG and PNG, 8 train and 5 val images."""
+    """3 classes (names not in creation order), 8 train and 5 val images: JPEG and PNG, and mango's
+    only in WebP (a class folder of WebP files alone is a dataset too)."""
     root = tmp_path / "images"
     k = 0
     layout = {"train": {"zebra": 3, "apple": 3, "mango": 2}, "val": {"zebra": 2, "apple": 2, "mango": 1}}
@@ -56,7 +57,7 @@ def image_folder(tmp_path):
         for name, count in classes.items():
             (root / split / name).mkdir(parents=True)
             for i in range(count):
-                fmt, ext = (("PNG", "png") if i % 2 else ("JPEG", "jpg"))
+                fmt, ext = ("WEBP", "webp") if name == "mango" else ("PNG", "png") if i % 2 else ("JPEG", "jpg")
                 (root / split / name / f"{i}.{ext}").write_bytes(_encode(_grey(k), fmt))
                 expected[k] = ["apple", "mango", "zebra"].index(name)
                 k += 1

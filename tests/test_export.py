@@ -11,6 +11,8 @@ import keras_alexnet
 from keras_alexnet import augment, distribute, export
 from keras_alexnet.errors import UsageError
 
+import graphs  # tests/graphs.py
+
 SIZE = 67
 CLASSES = ["cat", "dog", "café"]
 
@@ -236,15 +238,7 @@ def xla_must_compile(saved_model_path):
     proto = saved_model_pb2.SavedModel()
     with open(os.path.join(saved_model_path, "saved_model.pb"), "rb") as f:
         proto.ParseFromString(f.read())
-    found = []
-    for meta_graph in proto.meta_graphs:
-        graph = meta_graph.graph_def
-        found += [n.name for n in graph.node if n.attr["_XlaMustCompile"].b]
-        for function in graph.library.function:
-            if function.attr["_XlaMustCompile"].b:
-                found.append(function.signature.name)
-            found += [n.name for n in function.node_def if n.attr["_XlaMustCompile"].b]
-    return found
+    return [name for meta_graph in proto.meta_graphs for name in graphs.xla_must_compile(meta_graph.graph_def)]
 
 
 def test_no_function_requires_xla(exported, tmp_path):
@@ -372,9 +366,7 @@ def test_bfloat16_export_is_opt_in_and_answers_like_float32(tmp_path):
 
 
 def graph_dtypes(module):
-    graph = module.serve_images.get_concrete_function().graph.as_graph_def()
-    nodes = list(graph.node) + [node for function in graph.library.function for node in function.node_def]
-    return {value.type for node in nodes for value in node.attr.values() if value.HasField("type")}
+    return graphs.dtypes(module.serve_images.get_concrete_function().graph.as_graph_def())
 
 
 def test_model_built_under_mirrored_strategy_exports(tmp_path):

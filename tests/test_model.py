@@ -9,6 +9,8 @@ import tensorflow as tf
 
 import keras_alexnet
 
+import graphs  # tests/graphs.py
+
 SMALL = (67, 67, 3)
 
 
@@ -184,13 +186,7 @@ def test_xla_forward_equals_plain_forward():
 def xla_must_compile_functions(model, input_shape):
     """Names of nodes and functions in the traced forward that carry _XlaMustCompile=True."""
     traced = tf.function(lambda t: model(t, training=False))
-    graph_def = traced.get_concrete_function(tf.TensorSpec((None, *input_shape), tf.float32)).graph.as_graph_def()
-    found = [n.name for n in graph_def.node if n.attr["_XlaMustCompile"].b]
-    for function in graph_def.library.function:
-        if function.attr["_XlaMustCompile"].b:
-            found.append(function.signature.name)
-        found += [n.name for n in function.node_def if n.attr["_XlaMustCompile"].b]
-    return found
+    return graphs.xla_must_compile(traced.get_concrete_function(tf.TensorSpec((None, *input_shape), tf.float32)).graph.as_graph_def())
 
 
 def test_traced_forward_has_no_xla_must_compile_function():

@@ -1,5 +1,6 @@
 """scripts/export.py, evaluate.py, predict.py and serving_client.py, end to end on a tiny run."""
 
+import ast
 import base64
 import concurrent.futures
 import http.server
@@ -16,7 +17,10 @@ import pytest
 import tensorflow as tf
 
 import keras_alexnet
-from keras_alexnet import augment, checkpoints, data, shapes
+from keras_alexnet import augment, checkpoints, data, export, shapes
+from keras_alexnet.sources import folder
+
+import graphs  # tests/graphs.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 67
@@ -127,8 +131,7 @@ def test_export_script_warns_about_a_run_that_ended_at_chance(tmp_path):
     assert len(warnings) == 1 and "(0.090 at epoch 2, 1000 images) is within noise of chance (0.100 for 10 classes)" in warnings[0]
     assert tf.saved_model.contains_saved_model(str(tmp_path / "base" / "1"))  # exported all the same, as asked
     graph = tf.saved_model.load(str(tmp_path / "base" / "1")).signatures["predict_images"].graph.as_graph_def()
-    nodes = list(graph.node) + [node for function in graph.library.function for node in function.node_def]
-    assert any(value.type == tf.bfloat16.as_datatype_enum for node in nodes for value in node.attr.values())
+    assert tf.bfloat16.as_datatype_enum in graphs.dtypes(graph)
 
 
 def top5_blocks(stdout):
@@ -178,6 +181,26 @@ def test_predict_script_answers_a_folder_with_its_image_files(run, tmp_path):
     assert top5_blocks(result.stdout) == top5_blocks(run["runs"]["predict saved_model"].stdout)
     assert error_lines(result.stderr) == [f"error: {empty}: a folder with no image files (.jpg .jpeg .png .gif .bmp .webp) "
                                           f"directly in it; for class subfolders pass {empty}/*"]
+
+
+def script_literals(script):
+    """{name: value} of a script's module-level constants and flags.DEFINE_enum choices, read from
+    its source: the scripts keep copies of library lists because importing keras_alexnet would
+    load TensorFlow before their usage errors are answered."""
+    with open(os.path.join(ROOT, "scripts", script)) as f:
+        tree = ast.parse(f.read())
+    literals = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Constant, ast.Tuple, ast.List)):
+            literals[node.targets[0].id] = ast.literal_eval(node.value)
+        elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call) and ast.unparse(node.value.func) == "flags.DEFINE_enum":
+            literals["--" + ast.literal_eval(node.value.args[0])] = tuple(ast.literal_eval(node.value.args[2]))
+    return literals
+
+
+def test_the_scripts_copies_of_library_lists_match_the_library():
+    assert script_literals("predict.py")["IMAGE_EXTENSIONS"] == folder.IMAGE_EXTENSIONS
+    assert script_literals("export.py")["--precision"] == export.EXPORT_PRECISIONS
 
 
 def test_evaluate_refuses_an_output_it_cannot_write_before_evaluating(run):

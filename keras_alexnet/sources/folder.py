@@ -10,7 +10,8 @@ import tensorflow as tf
 from keras_alexnet.errors import UsageError
 from keras_alexnet.sources.common import SPLITS, DatasetInfo, pipeline_share
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+# What tf.io.decode_image reads; scripts/predict.py keeps the same list (a test checks).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 LAYOUT = "PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg"
 
 
