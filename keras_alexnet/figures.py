@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from keras_alexnet.augment import IMAGENET_MEAN_RGB
+from keras_alexnet.errors import UsageError
 from keras_alexnet.logs import read_history_records
 
 KERNELS_PER_ROW = 16
@@ -402,8 +403,11 @@ def _figure(width, height):
 def _save(figure, path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    FigureCanvasAgg(figure)
-    figure.savefig(path, format="png")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        FigureCanvasAgg(figure)
+        figure.savefig(path, format="png")
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as error:
+        raise UsageError(f"cannot write the figure {path} ({error.strerror}): choose a path you can write to, "
+                         "e.g. --out FILE.png in your own folder.") from None
     return path

@@ -21,7 +21,7 @@ flags.DEFINE_string("model_dir", None, "A training run's directory (config.json 
 flags.DEFINE_string("weights", None, "A weight file instead: .keras, Caffe .caffemodel/.npz/.npy, torchvision .pth.")
 flags.DEFINE_bool("allow_pickle", False, "Read a pickled .npy (unpickling a file can run code: only files you trust).")
 _flags.define_run_data_flags("train", "The split to search.")
-flags.DEFINE_list("queries", [], "Query image files (JPEG, PNG, GIF, BMP), comma-separated. Default: --num_queries images of --query_split.")
+flags.DEFINE_list("queries", [], "Query image files (JPEG, PNG, GIF, BMP, WebP), comma-separated. Default: --num_queries images of --query_split.")
 flags.DEFINE_enum("query_split", "validation", ["train", "validation"], "Where queries come from when --queries is empty.")
 flags.DEFINE_integer("num_queries", 5, "Queries taken from --query_split (the paper shows 5).")
 flags.DEFINE_integer("k", 6, "Neighbours per query (the paper shows 6).")
@@ -48,7 +48,7 @@ def load_queries(paths, image_size):
             image = augment.decode_for_view(tf.io.read_file(path), image_size)
         except (tf.errors.InvalidArgumentError, ValueError) as error:
             reason = str(error).split("}}")[-1].split("[Op:")[0].strip()  # TensorFlow's message without its op prefix
-            raise UsageError(f"--queries: {path} is not a JPEG, PNG, GIF or BMP image ({reason}).") from None
+            raise UsageError(f"--queries: {path} is not a JPEG, PNG, GIF, BMP or WebP image ({reason}).") from None
         views.append(np.asarray(augment.center_view(image, image_size)))
     return np.stack(views)
 
@@ -56,6 +56,12 @@ def load_queries(paths, image_size):
 def run():
     from keras_alexnet import checkpoints, figures
     from keras_alexnet.errors import UsageError
+    from keras_alexnet.run_config import check_writable
+
+    # Both are written after the whole split's activations are computed (an hour on ImageNet).
+    check_writable(os.path.dirname(os.path.abspath(FLAGS.out)), "the folder of --out")
+    if FLAGS.features_dir:
+        check_writable(FLAGS.features_dir, "--features_dir")
 
     config = checkpoints.read_config(FLAGS.model_dir) if FLAGS.model_dir else {}
     spec = FLAGS.dataset or config.get("dataset")

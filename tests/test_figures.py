@@ -11,6 +11,7 @@ from PIL import Image
 
 import keras_alexnet
 from keras_alexnet import data, figures
+from keras_alexnet.errors import UsageError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPES = "shapes:train=40,validation=6,size=48"
@@ -166,6 +167,12 @@ def test_plot_history_png(tmp_path):
     assert width > 800 and height > 250
     with pytest.raises(ValueError, match="empty"):
         figures.plot_history([], str(tmp_path / "empty.png"))
+    # A path that cannot be written: one line naming it and the fix (was "[Errno 2] ... '/proc/x'").
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    for path in ("/proc/no_such_folder/history.png", str(blocked / "history.png")):
+        with pytest.raises(UsageError, match=rf"^cannot write the figure {path} \(.+\): choose a path you can write to"):
+            figures.plot_history(records, path)
 
 
 # --- scripts ------------------------------------------------------------------------------------
@@ -197,6 +204,14 @@ def test_script_errors_are_one_line(tmp_path):
     done = run_script("nearest_neighbors.py", f"--weights={tmp_path / 'missing.npz'}", "--dataset=shapes")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error:")
+    # An --out that cannot be written is refused before the model loads and the activations are
+    # computed, not after (the weight file is never read: an empty one does).
+    (tmp_path / "empty.keras").write_bytes(b"")
+    for flag, value in (("--out", "/proc/no_such_folder/fig4.png"), ("--features_dir", "/proc/no_such_folder")):
+        done = run_script("nearest_neighbors.py", f"--weights={tmp_path / 'empty.keras'}", "--dataset=shapes", f"{flag}={value}")
+        assert done.returncode == 2 and "Traceback" not in done.stderr and done.stdout == ""
+        folder = "the folder of --out=/proc/no_such_folder" if flag == "--out" else "--features_dir=/proc/no_such_folder"
+        assert done.stderr.strip().splitlines()[-1].startswith(f"error: {folder} is not writable ("), done.stderr
 
 
 def test_load_model_from_a_model_dir(tmp_path, model):
