@@ -300,7 +300,7 @@ class _Run:
             means = epoch_totals.means()
             if self.chief:
                 self.progress.update(epoch, self.step - epoch * config.steps_per_epoch, means["loss"], means["top1"],
-                                     means["images_per_sec"])
+                                     means["images_per_sec"] if compiled else None)
             epoch_done = self.step == epoch_end
             if self.step // config.log_steps > (self.step - steps) // config.log_steps and not epoch_done:
                 self.write_train_scalars()

@@ -71,6 +71,16 @@ def test_progress_on_a_terminal_redraws_one_line():
     assert text.count("\r") == 4 and text.count("\n") == 2 and "ETA ?" in text  # no rate yet: no ETA
 
 
+def test_progress_of_the_compiling_steps_has_no_rate_and_no_eta():
+    out = io.StringIO()
+    progress = Progress(steps_per_epoch=10, epochs=1, global_batch_size=8, stream=out, lines_per_epoch=10)
+    progress.update(0, 1, loss=2.3, top1=0.1, images_per_sec=None)  # the run's first loop
+    progress.update(0, 2, loss=2.2, top1=0.2, images_per_sec=80.0)
+    first, second = out.getvalue().splitlines()
+    assert first.endswith("top-1 0.100 (compiling: no rate yet)") and "ETA" not in first
+    assert second.endswith("80.0 img/s ETA 0:00:00")  # 8 steps x 8 images at 80 images/s
+
+
 def test_running_totals_leave_the_compiling_loop_out_of_images_per_second():
     totals = _RunningTotals()
     totals.add(np.array([20.0, 8.0, 10.0, 10.0]), seconds=100.0, compiled=False)  # tracing and compiling
