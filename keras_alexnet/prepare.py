@@ -40,7 +40,7 @@ import threading
 import time
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from keras_alexnet.errors import UsageError
 
@@ -386,7 +386,9 @@ def _write_records(task, path, progress):
                 pixels = np.asarray(image)
                 buffer = io.BytesIO()
                 image.save(buffer, "JPEG", quality=task.quality)
-            except Exception as error:  # unreadable, truncated, not an image: skipped and listed
+            except UnidentifiedImageError:  # its message names an io.BytesIO object, not the file
+                record["skipped"].append([example.describe(), "not an image: no format that Pillow reads"])
+            except Exception as error:  # unreadable, truncated: skipped and listed
                 record["skipped"].append([example.describe(), f"{type(error).__name__}: {error}"[:200]])
             else:
                 writer.write(encode_example(buffer.getvalue(), pixels.shape[0], pixels.shape[1], example.label,

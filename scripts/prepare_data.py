@@ -69,7 +69,9 @@ def main(argv):
         cli.fail(f"--quality={FLAGS.quality} must be 1..100.")
 
     from keras_alexnet import prepare
+    from keras_alexnet.run_config import check_writable
 
+    check_writable(FLAGS.output_dir, "--output_dir")  # before any image is read
     if FLAGS.finalize:
         manifest = prepare.finalize(FLAGS.output_dir)
     else:

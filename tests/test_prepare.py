@@ -73,12 +73,14 @@ def _records(paths):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """A folder of 27 real-photo JPEGs and a bad file, prepared into 3 + 2 shards."""
+    """A folder of 27 real-photo JPEGs and two bad files, prepared into 3 + 2 shards."""
     root = tmp_path_factory.mktemp("prepare")
     source, out = str(root / "photos"), str(root / "records")
     expected = _make_folder(source)
     with open(os.path.join(source, "train", "face", "broken.jpg"), "wb") as f:
         f.write(_photo_jpeg(99)[:300])  # a truncated JPEG
+    with open(os.path.join(source, "train", "face", "notes.jpg"), "w") as f:
+        f.write("not an image")
     plan = prepare.list_folder(source)
     manifest = prepare.prepare(plan, out, num_shards={"train": 3, "validation": 2})
     return source, out, expected, manifest
@@ -98,9 +100,10 @@ def test_folder_to_tfrecord_gives_exactly_the_folders_examples_and_labels(prepar
         assert manifest["splits"][split]["per_class"] == [len(expected[split]) // 3] * 3
     # validation keeps the folder's order (evaluation lines up with the files)
     assert [(r[0], r[1]) for r in _records(tf.io.gfile.glob(f"{out}/validation-*"))] == expected["validation"]
-    # the bad file is skipped and listed, not fatal
-    [(path, reason)] = manifest["splits"]["train"]["skipped"]
-    assert path.endswith("broken.jpg") and reason
+    # the bad files are skipped and listed with a reason, not fatal
+    skipped = {os.path.basename(path): reason for path, reason in manifest["splits"]["train"]["skipped"]}
+    assert sorted(skipped) == ["broken.jpg", "notes.jpg"] and skipped["broken.jpg"]
+    assert skipped["notes.jpg"] == "not an image: no format that Pillow reads"  # not "<_io.BytesIO object at 0x...>"
 
     info = data.dataset_info(f"tfrecord:{out}")
     assert (info.num_classes, info.class_names) == (3, sorted(CLASSES))
@@ -283,6 +286,15 @@ def test_script_bad_flags_are_one_line_and_exit_2(args, message):
     process = _script(*args)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_an_output_dir_that_cannot_be_written_is_one_line_before_any_image_is_read(tmp_path):
+    process = _script("--output_dir=/proc/no_such_folder", f"--input_dir={tmp_path}")  # a traceback before
+    _, stderr = process.communicate(timeout=120)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert process.returncode == 2 and "Traceback" not in stderr, stderr[-3000:]
+    assert errors == [line for line in stderr.splitlines() if line.strip()][-1:]
+    assert errors[0].startswith("error: --output_dir=/proc/no_such_folder is not writable (")
 
 
 def test_training_with_mean_channel_records_it_and_exports_it(prepared, tmp_path):
