@@ -136,6 +136,8 @@ def main(argv):
     paths = argv[1:]
     if not paths:
         cli.fail("name one or more image files: serving_client.py IMAGE ...")
+    if FLAGS.protocol == "rest" and not FLAGS.server.startswith(("http://", "https://")):
+        cli.fail(f"--server={FLAGS.server}: give the REST endpoint as http://host:port (TF Serving's REST port is 8501).")
     if FLAGS.protocol == "grpc":
         try:
             import tensorflow_serving.apis  # noqa: F401

@@ -346,6 +346,15 @@ def test_rest_client_reports_unreachable_server():
         client.rest_predict("http://127.0.0.1:9/v1/models/alexnet:predict", {"instances": []}, timeout=5)
 
 
+def test_rest_client_refuses_a_server_that_is_not_a_url(tmp_path):
+    image = tmp_path / "photo.jpg"
+    image.write_bytes(b"\xff\xd8\xff")
+    result = run_script("serving_client.py", image, "--server", "localhost:8501")  # was a ValueError traceback
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert error_lines(result.stderr) == ["error: --server=localhost:8501: give the REST endpoint as http://host:port "
+                                          "(TF Serving's REST port is 8501)."]
+
+
 def test_grpc_client_against_a_stand_in_server(run):
     grpc = pytest.importorskip("grpc")
     predict_pb2 = pytest.importorskip("tensorflow_serving.apis.predict_pb2")
