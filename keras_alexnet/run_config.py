@@ -136,9 +136,7 @@ def check_resume(config, num_classes):
         return
     current = {**config.to_json(), "num_classes": num_classes}
     if previous.get("weights_sha256", config.weights_sha256) != config.weights_sha256:
-        raise UsageError(f"--model_dir={config.model_dir} was started from a weight file with sha256 "
-                         f"{str(previous['weights_sha256'])[:12]}..., not --weights={config.weights} "
-                         f"({str(config.weights_sha256)[:12]}...): use a new --model_dir or the original file.")
+        raise UsageError(_other_start_message(config, previous))
     # The optimizer too: its slots (momentum, Adam's moments) are in the checkpoint, and another
     # optimizer's would not restore.
     for key in checkpoints.MODEL_KEYS + ("trainable", "optimizer"):
@@ -147,6 +145,18 @@ def check_resume(config, num_classes):
                 f"--model_dir={config.model_dir} holds checkpoints of a run with {key}={previous[key]}, "
                 f"but this run has {key}={current.get(key)}: use a new --model_dir or the same --{key}."
             )
+
+
+def _other_start_message(config, previous):
+    """Why a resume that starts from other weights than the model_dir's run is refused."""
+    where = f"--model_dir={config.model_dir}"
+    if previous["weights_sha256"] is None:
+        return f"{where} holds a run trained from scratch; --weights={config.weights} would start another: use a new --model_dir."
+    started = f"{where} was started from --weights={previous.get('weights')} (sha256 {previous['weights_sha256'][:12]}...)"
+    if config.weights is None:
+        return f"{started}: to resume it, give the same --weights; or use a new --model_dir."
+    return (f"{started}, not --weights={config.weights} (sha256 {str(config.weights_sha256)[:12]}...): resume with the "
+            "original file, or use a new --model_dir.")
 
 
 def start_from(config, pretrained, info):

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 import keras_alexnet
-from keras_alexnet import checkpoints, finetune, weights
+from keras_alexnet import checkpoints, finetune, run_config, weights
 from keras_alexnet.errors import UsageError
 from keras_alexnet.training import TrainConfig, Trainer, train
 from test_training import GLOBAL_BATCH, SHAPES, SIZE, fixed_batches, paper_config, run_script
@@ -55,6 +55,24 @@ def test_training_only_fc8_leaves_the_file_in_conv1_to_fc7(tmp_path, caffe_npz, 
     restored, _ = checkpoints.restore_model(str(tmp_path))
     images = np.random.default_rng(0).normal(scale=60.0, size=(3, SIZE, SIZE, 3)).astype(np.float32)
     np.testing.assert_allclose(restored(images), result["model"](images), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("before, now, expected", [
+    ("a.npz", None, "was started from --weights=a.npz (sha256 aaaaaaaaaaaa...): to resume it, give the same --weights; "
+                    "or use a new --model_dir."),
+    (None, "b.npz", "holds a run trained from scratch; --weights=b.npz would start another: use a new --model_dir."),
+    ("a.npz", "b.npz", "was started from --weights=a.npz (sha256 aaaaaaaaaaaa...), not --weights=b.npz (sha256 "
+                       "bbbbbbbbbbbb...): resume with the original file, or use a new --model_dir."),
+])
+def test_a_resume_from_other_weights_is_refused_with_what_to_pass(tmp_path, before, now, expected):
+    sha = {None: None, "a.npz": "a" * 64, "b.npz": "b" * 64}
+    checkpoints.write_config(str(tmp_path), {"weights": before, "weights_sha256": sha[before]})
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "ckpt-5.index").write_bytes(b"")
+    config = TrainConfig(**RUN, model_dir=str(tmp_path), weights=now, weights_sha256=sha[now])
+    with pytest.raises(UsageError) as raised:
+        run_config.check_resume(config, num_classes=10)
+    assert str(raised.value) == f"--model_dir={tmp_path} {expected}"
 
 
 def test_resuming_continues_from_the_checkpoint_not_the_file(tmp_path, caffe_npz, monkeypatch, capsys):
