@@ -21,6 +21,7 @@ Every file goes through `tf.io.gfile`, so model_dir may be a local folder or any
 TensorFlow reads and writes, e.g. `gs://bucket/run` (what TPU VMs and multi-worker jobs share).
 """
 
+import gc
 import json
 import os
 import re
@@ -250,6 +251,40 @@ def _rewrite_state(directory, restored, good):
     tf.io.gfile.rename(tmp, state, overwrite=True)
 
 
+def _find_checkpoint(model_dir, checkpoint):
+    """The path prefix of --checkpoint, given as a path or as a name in model_dir/checkpoints
+    (ckpt-74); FileNotFoundError naming the ones there if it is neither."""
+    for prefix in (checkpoint, os.path.join(checkpoint_dir(model_dir), checkpoint)):
+        if tf.io.gfile.exists(prefix + ".index"):
+            return prefix
+    names = [os.path.basename(p) for p in checkpoint_prefixes(checkpoint_dir(model_dir))[0]]
+    raise FileNotFoundError(f"--checkpoint={checkpoint}: no such checkpoint (no {checkpoint}.index); "
+                            + (f"{checkpoint_dir(model_dir)} has {', '.join(names)}" if names else
+                               f"{checkpoint_dir(model_dir)} has none")
+                            + ": pass one of those, or leave --checkpoint out for the newest.")
+
+
+def _restore_given(config, prefix):
+    """The run's model with the checkpoint `prefix` restored; FileNotFoundError in one line if it
+    does not fit (another run's class count, say)."""
+    model = build_from_config(config)
+    # A failed restore's bookkeeping logs a warning for every value it did not use when it is
+    # collected (25 lines for a checkpoint of another class count): the error line says it all.
+    logger, level = tf.get_logger(), tf.get_logger().level
+    logger.setLevel("ERROR")
+    try:
+        try:
+            tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
+            return model
+        except (tf.errors.OpError, AssertionError, ValueError) as error:
+            reason = first_line(getattr(error, "message", None) or error)
+        del model
+        gc.collect()
+    finally:
+        logger.setLevel(level)
+    raise FileNotFoundError(f"--checkpoint={prefix} cannot be read into this run's model ({reason}).")
+
+
 def restore_model(model_dir, checkpoint=None):
     """Rebuild the model of a training run and load its newest (or the given) checkpoint.
 
@@ -258,10 +293,10 @@ def restore_model(model_dir, checkpoint=None):
     config or no readable checkpoint (damaged ones are skipped with a warning on stderr).
     """
     config = read_config(model_dir)
-    model = build_from_config(config)
     if checkpoint:
-        tf.train.Checkpoint(model=model).restore(checkpoint).expect_partial().assert_existing_objects_matched()
-        return model, {**config, "restored_checkpoint": checkpoint}
+        checkpoint = _find_checkpoint(model_dir, checkpoint)
+        return _restore_given(config, checkpoint), {**config, "restored_checkpoint": checkpoint}
+    model = build_from_config(config)
     # Newest readable first; a reader warns about damaged files but leaves them to the training run.
     restored = restore_newest_readable(tf.train.Checkpoint(model=model), model_dir, partial=True)
     if restored is None:

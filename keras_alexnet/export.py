@@ -366,7 +366,10 @@ def prediction_log(model_name, signature_name, inputs):
 def check_saved_model(path):
     """FileNotFoundError naming the fix unless `path` is a SavedModel folder."""
     if not tf.saved_model.contains_saved_model(path):
-        raise FileNotFoundError(f"{path} is not a SavedModel folder: pass a version folder such as saved_models/alexnet/1.")
+        versions = [v for v in existing_versions(path) if tf.saved_model.contains_saved_model(os.path.join(path, str(v)))]
+        example = os.path.join(path, str(versions[-1])) if versions else "saved_models/alexnet/1"
+        raise FileNotFoundError(f"{path} is not a SavedModel folder: pass a version folder such as {example}"
+                                + (f" (the newest of its {len(versions)} versions)." if versions else "."))
 
 
 def load_saved_model(path):

@@ -6,6 +6,7 @@ import concurrent.futures
 import http.server
 import importlib.util
 import json
+import logging
 import os
 import re
 import subprocess
@@ -41,6 +42,32 @@ def write_model_dir(model_dir, seed=0):
         "dataset": DATASET, "init": "caffe", "batch_size": 4, "precision": "float32",
     })
     return model
+
+
+def test_a_given_checkpoint_is_found_by_name_and_a_wrong_one_is_one_line(tmp_path):
+    write_model_dir(str(tmp_path / "run"))
+    named = str(tmp_path / "run" / "checkpoints" / "ckpt-5")
+    _, config = checkpoints.restore_model(str(tmp_path / "run"), "ckpt-5")  # a name in model_dir/checkpoints
+    assert config["restored_checkpoint"] == named
+    with pytest.raises(FileNotFoundError) as missing:
+        checkpoints.restore_model(str(tmp_path / "run"), "nonsense")  # a NotFoundError traceback before
+    assert str(missing.value) == (f"--checkpoint=nonsense: no such checkpoint (no nonsense.index); {tmp_path}/run/checkpoints "
+                                  "has ckpt-5: pass one of those, or leave --checkpoint out for the newest.")
+    # Another run's checkpoint, with one class more (and, like a training run's, a step beside the
+    # model): one line, and none of the warnings about unused values that TensorFlow logs when a
+    # failed restore is collected (25 lines for a training run's checkpoint).
+    other = keras_alexnet.build(num_classes=len(CLASSES) + 1, input_shape=(SIZE, SIZE, 3), seed=1)
+    prefix = tf.train.Checkpoint(model=other, step=tf.Variable(9)).write(str(tmp_path / "other" / "ckpt-9"))
+    logged = logging.Handler()
+    logged.messages = []
+    logged.emit = lambda record: logged.messages.append(record.getMessage())
+    tf.get_logger().addHandler(logged)
+    try:
+        with pytest.raises(FileNotFoundError, match=r"cannot be read into this run's model \(Received incompatible tensor"):
+            checkpoints.restore_model(str(tmp_path / "run"), prefix)
+    finally:
+        tf.get_logger().removeHandler(logged)
+    assert not [message for message in logged.messages if "could not be found" in message]
 
 
 def run_script(name, *args):
@@ -117,6 +144,11 @@ def test_export_script_versions_and_errors(run):
     assert again.returncode == 2 and len(error_lines(again.stderr)) == 1 and "Traceback" not in again.stderr
     assert "saved/alexnet/1 exists: versions are never overwritten" in again.stderr
     assert os.listdir(run["base"]) == ["1"]
+    # The export base given where a version folder belongs: the error names the version to pass.
+    with pytest.raises(FileNotFoundError) as base_given:
+        export.check_saved_model(run["base"])
+    assert str(base_given.value) == (f"{run['base']} is not a SavedModel folder: pass a version folder such as "
+                                     f"{run['base']}/1 (the newest of its 1 versions).")
 
 
 def test_export_script_warns_about_a_run_that_ended_at_chance(tmp_path):
