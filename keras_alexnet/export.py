@@ -369,7 +369,7 @@ def check_saved_model(path):
         versions = [v for v in existing_versions(path) if tf.saved_model.contains_saved_model(os.path.join(path, str(v)))]
         example = os.path.join(path, str(versions[-1])) if versions else "saved_models/alexnet/1"
         raise FileNotFoundError(f"{path} is not a SavedModel folder: pass a version folder such as {example}"
-                                + (f" (the newest of its {len(versions)} versions)." if versions else "."))
+                                + {0: ".", 1: " (its only version)."}.get(len(versions), f" (the newest of its {len(versions)} versions)."))
 
 
 def load_saved_model(path):

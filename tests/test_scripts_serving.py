@@ -148,7 +148,7 @@ def test_export_script_versions_and_errors(run):
     with pytest.raises(FileNotFoundError) as base_given:
         export.check_saved_model(run["base"])
     assert str(base_given.value) == (f"{run['base']} is not a SavedModel folder: pass a version folder such as "
-                                     f"{run['base']}/1 (the newest of its 1 versions).")
+                                     f"{run['base']}/1 (its only version).")
 
 
 def test_export_script_warns_about_a_run_that_ended_at_chance(tmp_path):
