@@ -336,6 +336,10 @@ def test_user_errors_are_one_line_and_name_the_path(tmp_path):
         with pytest.raises(UsageError, match=message.replace("{", r"\{").replace("}", r"\}")) as error:
             data.make_dataset(spec, "train", image_size=67, batch_size=2, training=True)
         assert "\n" not in str(error.value)
+    (tmp_path / "one" / "train" / "cat").mkdir(parents=True)  # one class: trained to 100% and 'done' before
+    (tmp_path / "one" / "train" / "cat" / "0.jpg").write_bytes(_encode(_grey(0)))
+    with pytest.raises(UsageError, match=f"^{tmp_path}/one/train has one class folder \\(cat\\); a classifier needs two or more"):
+        data.dataset_info(f"folder:{tmp_path}/one")
     (tmp_path / "train" / "empty_class").mkdir(parents=True)
     (tmp_path / "train" / "cat").mkdir(parents=True)
     (tmp_path / "train" / "cat" / "0.jpg").write_bytes(_encode(_grey(0)))

@@ -65,6 +65,9 @@ def class_names(root):
     classes = sorted(entry.name for entry in os.scandir(source) if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
         raise UsageError(f"{source} has no class folders; expected {source}/<class>/*.jpg")
+    if len(classes) == 1:  # it trains to 100% and says "done": a classifier of nothing
+        raise UsageError(f"{source} has one class folder ({classes[0]}); a classifier needs two or more: "
+                         f"give each class its own folder, {source}/<class>/*.jpg")
     return tuple(classes)
 
 
