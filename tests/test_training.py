@@ -1,6 +1,7 @@
 """The training engine under each strategy, checkpoints that survive SIGKILL/SIGTERM, bad input."""
 
 import functools
+import gc
 import io
 import json
 import os
@@ -122,6 +123,20 @@ def event_scalars(log_dir):
             for value in event.summary.value:
                 steps.setdefault(value.tag, []).append(event.step)
     return steps
+
+
+def live_traced_graphs():
+    gc.collect()
+    return sum(type(o).__name__ == "FuncGraph" for o in gc.get_objects())
+
+
+def test_a_finished_run_leaves_no_traced_graph_behind(tmp_path):
+    # TensorFlow's gradient registry kept each run's traced step alive, and through it the model's
+    # and optimizer's variables: 0.3 GB a train() call at 67 px, for the life of the process.
+    before = live_traced_graphs()
+    for name in ("first", "second"):
+        train(TrainConfig(**TINY, model_dir=str(tmp_path / name), strategy="default"), stream=io.StringIO())
+        assert live_traced_graphs() == before, name
 
 
 @pytest.mark.parametrize("xla", [False, True])
