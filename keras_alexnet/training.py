@@ -225,7 +225,9 @@ def _forget_custom_gradients(before):
     is never pruned, and each holds the traced graph and through it the model's and optimizer's
     variables: every `train` call kept ~0.3 GB at 67 px for the life of the process (a notebook,
     a sweep, the test suite; tensorflow/tensorflow#27492). The traced step computes its gradients
-    at trace time, so once the run is over nothing looks them up.
+    at trace time, so once the run is over nothing looks them up. (Entries another thread added
+    meanwhile would go too; like the dtype policy train() sets, this is process-wide state, and
+    two runs do not share a process at once.)
     """
     for name in _custom_gradient_names() - before:
         _GRADIENT_REGISTRY._registry.pop(name, None)
