@@ -287,23 +287,24 @@ def train_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.precision)
     try:
-        trainer = training.Trainer(config, strategy_object, num_classes)
-        flops_per_image = TRAINING_FLOPS_FACTOR * model_flops(trainer.model)
-        batches = _SameBatch(synthetic_batch(strategy_object, batch_size, image_size, num_classes, seed))
-        matmul_rate = matmul_benchmark(strategy_object, _compute_dtype(config.precision), matmul_size)
-        for _ in range(warmup_batches):  # the first call traces (and with XLA compiles)
-            trainer.train_steps(batches, steps_per_loop)
-        results = []
-        for _ in range(runs):
-            matmul = matmul_rate()
-            start = time.perf_counter()
-            for _ in range(calls):
-                totals = trainer.train_steps(batches, steps_per_loop)
-            seconds = time.perf_counter() - start
-            images_per_sec = calls * steps_per_loop * batch_size / seconds
-            results.append(_figures(images_per_sec, flops_per_image, matmul, batch_size,
-                                  loss=float(totals[0] / totals[3])))
-        parameters = trainer.model.count_params()
+        with training.forgetting_traced_gradients():  # `compare` makes five Trainers in one process
+            trainer = training.Trainer(config, strategy_object, num_classes)
+            flops_per_image = TRAINING_FLOPS_FACTOR * model_flops(trainer.model)
+            batches = _SameBatch(synthetic_batch(strategy_object, batch_size, image_size, num_classes, seed))
+            matmul_rate = matmul_benchmark(strategy_object, _compute_dtype(config.precision), matmul_size)
+            for _ in range(warmup_batches):  # the first call traces (and with XLA compiles)
+                trainer.train_steps(batches, steps_per_loop)
+            results = []
+            for _ in range(runs):
+                matmul = matmul_rate()
+                start = time.perf_counter()
+                for _ in range(calls):
+                    totals = trainer.train_steps(batches, steps_per_loop)
+                seconds = time.perf_counter() - start
+                images_per_sec = calls * steps_per_loop * batch_size / seconds
+                results.append(_figures(images_per_sec, flops_per_image, matmul, batch_size,
+                                      loss=float(totals[0] / totals[3])))
+            parameters = trainer.model.count_params()
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     return _median_summary("train", results, {

@@ -9,6 +9,7 @@ optimizer update stays outside the compiled function (compiling the update too f
 devices). Progress, checkpoints, evaluation and the schedule run in Python between loops.
 """
 
+import contextlib
 import math
 import os
 import shutil
@@ -20,7 +21,7 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-# Private: the registry tf.custom_gradient adds to (see _forget_custom_gradients).
+# Private: the registry tf.custom_gradient adds to (see forgetting_traced_gradients).
 from tensorflow.python.framework.ops import _gradient_registry as _GRADIENT_REGISTRY
 
 from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, finetune, optimization, run_lease
@@ -195,42 +196,46 @@ def train(config, strategy=None, stream=None):
     keras.utils.set_random_seed(config.seed)
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.precision)
-    gradients_before = _custom_gradient_names()
     try:
-        run = _Run(config, strategy, info, pretrained, stream)
-        try:
-            result = None
-            while run.step < run.total_steps:
-                result = run.end_epoch(*run.train_one_epoch())
-            if result is None:  # already trained to the end: evaluate what was restored
-                result = run.evaluate_restored()
-        finally:
-            run.close()  # the lease is released before the export, as the run has ended
-        return run.finish(result)
+        with forgetting_traced_gradients():
+            run = _Run(config, strategy, info, pretrained, stream)
+            try:
+                result = None
+                while run.step < run.total_steps:
+                    result = run.end_epoch(*run.train_one_epoch())
+                if result is None:  # already trained to the end: evaluate what was restored
+                    result = run.evaluate_restored()
+            finally:
+                run.close()  # the lease is released before the export, as the run has ended
+            return run.finish(result)
     finally:
         keras.mixed_precision.set_global_policy(policy)
-        _forget_custom_gradients(gradients_before)
+
+
+@contextlib.contextmanager
+def forgetting_traced_gradients():
+    """Drop, on leaving, the gradient functions that tf.custom_gradient registered inside.
+
+    Tracing a training step registers one for every graph-mode tf.custom_gradient call
+    (ReplicaContext.all_reduce, which Keras' optimizer calls, is one) in a global registry that
+    is never pruned, and each holds the traced graph and through it the model's and optimizer's
+    variables: every `train` call kept ~0.3 GB at 67 px for the life of the process (a notebook,
+    a sweep, the test suite; tensorflow/tensorflow#27492). A traced step computes its gradients
+    at trace time, so once it is done nothing looks them up. (Entries another thread added
+    meanwhile would go too; like the dtype policy train() sets, this is process-wide state, and
+    two runs do not share a process at once.)
+    """
+    before = _custom_gradient_names()
+    try:
+        yield
+    finally:
+        for name in _custom_gradient_names() - before:
+            _GRADIENT_REGISTRY._registry.pop(name, None)
 
 
 def _custom_gradient_names():
     """The names in TensorFlow's global gradient registry that tf.custom_gradient added."""
     return {name for name in _GRADIENT_REGISTRY.list() if name.startswith("CustomGradient-")}
-
-
-def _forget_custom_gradients(before):
-    """Drop the gradient functions that tf.custom_gradient registered since `before`.
-
-    Tracing the training step registers one for every graph-mode tf.custom_gradient call
-    (ReplicaContext.all_reduce, which Keras' optimizer calls, is one) in a global registry that
-    is never pruned, and each holds the traced graph and through it the model's and optimizer's
-    variables: every `train` call kept ~0.3 GB at 67 px for the life of the process (a notebook,
-    a sweep, the test suite; tensorflow/tensorflow#27492). The traced step computes its gradients
-    at trace time, so once the run is over nothing looks them up. (Entries another thread added
-    meanwhile would go too; like the dtype policy train() sets, this is process-wide state, and
-    two runs do not share a process at once.)
-    """
-    for name in _custom_gradient_names() - before:
-        _GRADIENT_REGISTRY._registry.pop(name, None)
 
 
 class _Run:

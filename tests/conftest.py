@@ -21,14 +21,13 @@ tf.config.set_logical_device_configuration(
 
 @pytest.fixture(autouse=True)
 def forget_traced_gradients():
-    """What train() does at its end (training._forget_custom_gradients), after every test: tests
-    that drive a Trainer or a GradientTape in a tf.function directly would otherwise keep each
-    traced graph, and the variables it captured, for the rest of the session."""
+    """What train() does around its run (training.forgetting_traced_gradients), around every test:
+    tests that drive a Trainer or a GradientTape in a tf.function directly would otherwise keep
+    each traced graph, and the variables it captured, for the rest of the session."""
     from keras_alexnet import training
 
-    before = training._custom_gradient_names()
-    yield
-    training._forget_custom_gradients(before)
+    with training.forgetting_traced_gradients():
+        yield
 
 
 @pytest.fixture
