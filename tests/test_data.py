@@ -4,6 +4,7 @@ bad input, the tf.data service."""
 import io
 import logging
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -404,3 +405,25 @@ def test_a_new_source_is_one_class_and_one_registry_line(monkeypatch):
     assert float(images[1, 0, 0, 0]) == pytest.approx(255 - augment.IMAGENET_MEAN_RGB[0])
     with pytest.raises(UsageError, match="expected shapes, synthetic, folder:PATH, tfrecord:GLOB, tfds:NAME or constant"):
         data.dataset_info("nothing:here")
+
+
+def test_the_csv_source_of_the_docs_works_as_written(monkeypatch, tmp_path):
+    """docs/input.md's example source (`csv:FILE`), executed from the page, on four PNGs."""
+    from keras_alexnet import sources
+
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "input.md").read_text()
+    [example] = [block.split("```", 1)[0] for block in page.split("```python\n")[1:] if "class CsvList" in block]
+    names = {}
+    exec(compile(example, "docs/input.md", "exec"), names)
+    lines = []
+    for k, label in enumerate(["light", "dark", "light", "dark"]):
+        path = tmp_path / f"{k}.png"
+        path.write_bytes(_encode(_grey(k), "PNG"))
+        lines.append(f"{path},{label}")
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    monkeypatch.setitem(sources.SOURCES, "csv", names["CsvList"])
+    info = data.dataset_info(f"csv:{tmp_path / 'list.csv'}")
+    assert info.class_names == ["dark", "light"] and info.num_examples == {"train": 4}
+    ids, labels = _collect(data.make_dataset(f"csv:{tmp_path / 'list.csv'}", "train", image_size=67, batch_size=4,
+                                             training=True, seed=0, augmentation="none").take(1))
+    assert sorted(zip(ids, labels)) == [(0, 1), (1, 0), (2, 1), (3, 0)]
