@@ -179,6 +179,8 @@ def train(config, strategy=None, stream=None):
     The chief holds model_dir's lease (keras_alexnet.run_lease) while it trains: UsageError when
     another live run holds it. Resuming skips unreadable checkpoints (checkpoints.restore_newest_readable).
     The global Keras dtype policy is set to the run's precision while it trains, and put back after.
+    What the run traced is released when it returns (`forgetting_traced_gradients`): calling
+    train() again and again in one process (a notebook, a sweep) keeps only the models returned.
 
     TensorBoard (model_dir/logs): train/ loss, top1, top5, learning_rate and images_per_sec,
     each the mean over the steps since the previous point, every `log_steps` steps and at each
