@@ -254,14 +254,13 @@ def _rewrite_state(directory, restored, good):
 def _find_checkpoint(model_dir, checkpoint):
     """The path prefix of --checkpoint, given as a path or as a name in model_dir/checkpoints
     (ckpt-74); FileNotFoundError naming the ones there if it is neither."""
-    for prefix in (checkpoint, os.path.join(checkpoint_dir(model_dir), checkpoint)):
+    directory = checkpoint_dir(model_dir)
+    for prefix in (checkpoint, os.path.join(directory, checkpoint)):
         if tf.io.gfile.exists(prefix + ".index"):
             return prefix
-    names = [os.path.basename(p) for p in checkpoint_prefixes(checkpoint_dir(model_dir))[0]]
-    raise FileNotFoundError(f"--checkpoint={checkpoint}: no such checkpoint (no {checkpoint}.index); "
-                            + (f"{checkpoint_dir(model_dir)} has {', '.join(names)}" if names else
-                               f"{checkpoint_dir(model_dir)} has none")
-                            + ": pass one of those, or leave --checkpoint out for the newest.")
+    names = ", ".join(os.path.basename(p) for p in checkpoint_prefixes(directory)[0]) or "none"
+    raise FileNotFoundError(f"--checkpoint={checkpoint}: no such checkpoint (no {checkpoint}.index); {directory} has "
+                            f"{names}: pass one of those, or leave --checkpoint out for the newest.")
 
 
 def _restore_given(config, prefix):
@@ -278,6 +277,7 @@ def _restore_given(config, prefix):
             return model
         except (tf.errors.OpError, AssertionError, ValueError) as error:
             reason = first_line(getattr(error, "message", None) or error)
+        # Outside the except clause: its traceback would keep the failed restore alive.
         del model
         gc.collect()
     finally:

@@ -92,16 +92,20 @@ def worker_id(strategy):
     return f"{resolver.task_type}{resolver.task_id}"
 
 
+def _is_default(strategy):
+    # TensorFlow's private _DefaultDistributionStrategy: no tf.distribute strategy asked for.
+    return type(strategy).__name__.startswith("_Default")
+
+
 def is_single_device(strategy):
     """TensorFlow's default strategy or a OneDeviceStrategy: one replica, no cross-device merge."""
-    return isinstance(strategy, tf.distribute.OneDeviceStrategy) or type(strategy).__name__.startswith("_Default")
+    return isinstance(strategy, tf.distribute.OneDeviceStrategy) or _is_default(strategy)
 
 
 def strategy_name(strategy):
     """The strategy's class name for people: "default strategy" for TensorFlow's private
     _DefaultDistributionStrategy (no tf.distribute strategy asked for)."""
-    name = type(strategy).__name__
-    return "default strategy" if name.startswith("_Default") else name
+    return "default strategy" if _is_default(strategy) else type(strategy).__name__
 
 
 def device_kind():

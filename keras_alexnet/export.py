@@ -367,9 +367,13 @@ def check_saved_model(path):
     """FileNotFoundError naming the fix unless `path` is a SavedModel folder."""
     if not tf.saved_model.contains_saved_model(path):
         versions = [v for v in existing_versions(path) if tf.saved_model.contains_saved_model(os.path.join(path, str(v)))]
-        example = os.path.join(path, str(versions[-1])) if versions else "saved_models/alexnet/1"
-        raise FileNotFoundError(f"{path} is not a SavedModel folder: pass a version folder such as {example}"
-                                + {0: ".", 1: " (its only version)."}.get(len(versions), f" (the newest of its {len(versions)} versions)."))
+        if not versions:
+            hint = "saved_models/alexnet/1."
+        elif len(versions) == 1:
+            hint = f"{os.path.join(path, str(versions[0]))} (its only version)."
+        else:
+            hint = f"{os.path.join(path, str(versions[-1]))} (the newest of its {len(versions)} versions)."
+        raise FileNotFoundError(f"{path} is not a SavedModel folder: pass a version folder such as {hint}")
 
 
 def load_saved_model(path):

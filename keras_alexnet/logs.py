@@ -25,7 +25,6 @@ class Progress:
     def update(self, epoch, step_in_epoch, loss, top1, images_per_sec):
         """images_per_sec None: not measured yet (the run's first loop, which traces and compiles:
         a rate from it would put the ETA minutes too far)."""
-        remaining = (self.epochs - epoch - 1) * self.steps_per_epoch + self.steps_per_epoch - step_in_epoch
         width = 24
         done = int(width * step_in_epoch / self.steps_per_epoch)
         line = (f"epoch {epoch + 1}/{self.epochs} [{'=' * done}{'.' * (width - done)}] "
@@ -33,6 +32,7 @@ class Progress:
         if images_per_sec is None:
             line += "(compiling: no rate yet)"
         else:
+            remaining = (self.epochs - epoch) * self.steps_per_epoch - step_in_epoch
             eta = remaining * self.global_batch_size / images_per_sec if images_per_sec > 0 else float("nan")
             line += f"{images_per_sec:.1f} img/s ETA {_format_seconds(eta)}"
         if self.is_terminal:

@@ -4,9 +4,10 @@ Keras 3 `model.fit` fails under MultiWorkerMirroredStrategy and with steps_per_e
 several replicas (docs/platform.md), so this is the loop of TensorFlow's official models:
 datasets built per input pipeline with `distribute_datasets_from_function`, an outer
 `tf.function` that runs `steps_per_loop` steps of `strategy.run(replica_step)`, the loss averaged
-over the *global* batch, and (with XLA) the per-replica forward and backward compiled while the
-optimizer update stays outside the compiled function (compiling the update too fails on logical
-devices). Progress, checkpoints, evaluation and the schedule run in Python between loops.
+over the *global* batch, and (with XLA) the per-replica forward and backward compiled; the
+optimizer update is compiled separately on a single device and stays uncompiled across devices
+(where it all-reduces in a merge call; compiling it there fails on logical devices). Progress,
+checkpoints, evaluation and the schedule run in Python between loops.
 """
 
 import contextlib

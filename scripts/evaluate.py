@@ -52,7 +52,9 @@ def run():
         # TPU programs need fixed batch shapes; exact evaluation here relies on partial batches.
         raise UsageError("--strategy tpu is not supported for evaluation: evaluate on CPU or GPU (--strategy default or mirrored).")
     output = FLAGS.output or (os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}_{crops}crop.json") if FLAGS.model_dir else None)
-    if output and distribute.is_chief(strategy):  # before the evaluation, which can take an hour
+    if not distribute.is_chief(strategy):
+        output = None  # only the chief writes
+    if output:  # checked before the evaluation, which can take an hour
         check_writable(os.path.dirname(os.path.abspath(output)), "the folder of --output")
     replicas = strategy.num_replicas_in_sync
     if FLAGS.batch_size % replicas:
@@ -96,7 +98,7 @@ def run():
         "replicas": replicas,
     }
     print(json.dumps(result, sort_keys=True))  # first: a failed write below cannot lose it
-    if output and distribute.is_chief(strategy):
+    if output:
         with tf.io.gfile.GFile(output, "w") as f:
             f.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
