@@ -4,7 +4,6 @@ bad input, the tf.data service."""
 import io
 import logging
 import os
-import pathlib
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from PIL import Image
 
 from keras_alexnet import augment, data, shapes
 from keras_alexnet.errors import UsageError
+from test_readme import python_blocks
 
 MEAN = np.array(augment.IMAGENET_MEAN_RGB, np.float32)
 SMALL_SHAPES = "shapes:train=40,validation=23,size=32"
@@ -411,8 +411,7 @@ def test_the_csv_source_of_the_docs_works_as_written(monkeypatch, tmp_path):
     """docs/input.md's example source (`csv:FILE`), executed from the page, on four PNGs."""
     from keras_alexnet import sources
 
-    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "input.md").read_text()
-    [example] = [block.split("```", 1)[0] for block in page.split("```python\n")[1:] if "class CsvList" in block]
+    [example] = [block for block in python_blocks("docs/input.md") if "class CsvList" in block]
     names = {}
     exec(compile(example, "docs/input.md", "exec"), names)
     lines = []

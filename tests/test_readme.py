@@ -25,15 +25,16 @@ def test_ci_runs_the_readme_test_command():
     assert test_command in ci.splitlines(), f"{test_command!r} is not a line of .ci/run"
 
 
-def readme_python_blocks():
-    text = (ROOT / "README.md").read_text()
+def python_blocks(page):
+    """The ```python blocks of a Markdown page of the repository (README.md, docs/input.md)."""
+    text = (ROOT / page).read_text()
     return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
 
 
 def test_the_notebook_example_runs_as_written(capsys):
     import numpy as np
 
-    [example] = readme_python_blocks()
+    [example] = python_blocks("README.md")
     names = {}
     exec(compile(example, "README.md", "exec"), names)
     assert "conv1" in capsys.readouterr().out  # model.summary()
