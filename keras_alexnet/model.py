@@ -112,24 +112,7 @@ def build(
     This builds; it reads no file. `keras_alexnet.build(..., weights=FILE)` is this plus
     `keras_alexnet.weights.load_weights` (the file's convention by default).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}.")
-    if groups not in (1, 2):
-        raise ValueError(f"groups must be 1 or 2, got {groups!r}.")
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or input_shape[0] != input_shape[1] or input_shape[2] != 3:
-        raise ValueError(f"input_shape must be (S, S, 3), got {input_shape}.")
-    smallest = min_input_size(variant)
-    if input_shape[0] < smallest:
-        raise ValueError(f"input_shape {input_shape} is too small for variant {variant!r}: use at least {smallest}x{smallest}.")
-    if classifier_activation not in (None, "softmax"):
-        raise ValueError(f"classifier_activation must be None or 'softmax', got {classifier_activation!r}.")
-
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be 'paper', 'caffe' or 'torchvision', got {convention!r}.")
-
+    _check_build_arguments(variant, init, groups, tuple(input_shape), classifier_activation, convention)
     seeds = keras.random.SeedGenerator(seed) if seed is not None else None
 
     def next_seed():
@@ -145,25 +128,46 @@ def build(
             "kernel_regularizer": keras.regularizers.L2(weight_decay / 2) if weight_decay else None,
         }
 
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = inputs
-    if convention != "paper":
-        x = InputAdapter(convention, name="input_adapter")(x)
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = inputs if convention == "paper" else InputAdapter(convention, name="input_adapter")(inputs)
+    x = _convolutions(x, variant, groups, convention, initializers)
+    if not include_top:
+        return keras.Model(inputs, x, name=name or f"alexnet_{variant}_features")
+    outputs = _classifier(x, variant, num_classes, dropout, classifier_activation, initializers, next_seed)
+    return keras.Model(inputs, outputs, name=name or ("alexnet" if variant == "paper" else "alexnet_one_column"))
+
+
+def _check_build_arguments(variant, init, groups, input_shape, classifier_activation, convention):
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}.")
+    if groups not in (1, 2):
+        raise ValueError(f"groups must be 1 or 2, got {groups!r}.")
+    if len(input_shape) != 3 or input_shape[0] != input_shape[1] or input_shape[2] != 3:
+        raise ValueError(f"input_shape must be (S, S, 3), got {input_shape}.")
+    smallest = min_input_size(variant)
+    if input_shape[0] < smallest:
+        raise ValueError(f"input_shape {input_shape} is too small for variant {variant!r}: use at least {smallest}x{smallest}.")
+    if classifier_activation not in (None, "softmax"):
+        raise ValueError(f"classifier_activation must be None or 'softmax', got {classifier_activation!r}.")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be 'paper', 'caffe' or 'torchvision', got {convention!r}.")
+
+
+def _convolutions(x, variant, groups, convention, initializers):
+    """conv1..conv5 with their LRNs and pools (§3.3, §3.4, Fig. 2); returns pool5's output."""
     convs = _PAPER_CONVS if variant == "paper" else _ONE_COLUMN_CONVS
     for index, (filters, kernel, stride, pad) in enumerate(convs, start=1):
         layer_name = f"conv{index}"
         if variant == "paper":
-            padding = "valid" if pad == 0 else "same"
-            column_groups = groups if index in _TWO_COLUMN_LAYERS else 1
             x = TwoColumnConv2D(
-                filters, kernel, strides=stride, padding=padding, groups=column_groups,
+                filters, kernel, strides=stride, padding="valid" if pad == 0 else "same",
+                groups=groups if index in _TWO_COLUMN_LAYERS else 1,
                 activation="relu", name=layer_name, **initializers(layer_name),
             )(x)
             if index in (1, 2):
-                if convention == "caffe":  # bvlc_alexnet's norm1/norm2: local_size 5, alpha 1e-4, k 1
-                    x = LocalResponseNormalization.from_caffe(5, alpha=1e-4, beta=0.75, k=1.0, name=f"lrn{index}")(x)
-                else:
-                    x = LocalResponseNormalization(size=5, k=2.0, alpha=1e-4, beta=0.75, name=f"lrn{index}")(x)
+                x = _lrn(convention, name=f"lrn{index}")(x)
         else:
             if index == 1:
                 x = keras.layers.ZeroPadding2D(pad, name="pad1")(x)
@@ -173,10 +177,18 @@ def build(
             )(x)
         if index in _POOL_AFTER:
             x = keras.layers.MaxPooling2D(pool_size=3, strides=2, name=f"pool{index}")(x)
+    return x
 
-    if not include_top:
-        return keras.Model(inputs, x, name=name or f"alexnet_{variant}_features")
 
+def _lrn(convention, name):
+    """The LRN after conv1 and conv2 (§3.3), with the constants of the convention."""
+    if convention == "caffe":  # bvlc_alexnet's norm1/norm2: local_size 5, alpha 1e-4, k 1
+        return LocalResponseNormalization.from_caffe(5, alpha=1e-4, beta=0.75, k=1.0, name=name)
+    return LocalResponseNormalization(size=5, k=2.0, alpha=1e-4, beta=0.75, name=name)
+
+
+def _classifier(x, variant, num_classes, dropout, classifier_activation, initializers, next_seed):
+    """fc6, fc7 (with dropout, §4.2) and fc8 on pool5's output; returns fc8's output."""
     x = keras.layers.Flatten(name="flatten")(x)
     if variant == "paper":
         # §4.2: dropout on the outputs of fc6 and fc7 (the inputs of fc7 and fc8).
@@ -190,11 +202,9 @@ def build(
         x = keras.layers.Dense(4096, activation="relu", name="fc6", **initializers("fc6", x.shape[-1]))(x)
         x = keras.layers.Dropout(dropout, seed=next_seed(), name="drop6")(x)
         x = keras.layers.Dense(4096, activation="relu", name="fc7", **initializers("fc7"))(x)
-    outputs = keras.layers.Dense(
+    return keras.layers.Dense(
         num_classes, activation=classifier_activation, dtype="float32", name="fc8", **initializers("fc8")
     )(x)
-    model = keras.Model(inputs, outputs, name=name or ("alexnet" if variant == "paper" else "alexnet_one_column"))
-    return model
 
 
 def feature_extractor(model, layer="fc7"):
