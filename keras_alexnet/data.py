@@ -221,15 +221,7 @@ def make_dataset(
     """
     check_split(split)
     source = sources.open_source(spec, data_dir, manual_dir)
-    if augmentation not in augment.AUGMENTATIONS:
-        raise UsageError(f"unknown augmentation {augmentation!r}; expected one of {', '.join(augment.AUGMENTATIONS)}")
-    if crops not in (1, 10) or (training and crops != 1):
-        raise UsageError(f"crops={crops} is not supported; use 1, or 10 for evaluation")
-    if batch_size < 1:
-        raise UsageError(f"batch_size must be positive, got {batch_size}")
-    if image_dtype not in ("float32", "uint8") or (image_dtype == "uint8" and (not training or mean_image is not None)):
-        raise UsageError(f"image_dtype={image_dtype!r} is not supported here: use float32, or uint8 for training "
-                         "without mean_image (pass the mean to augment.finish_views instead)")
+    _check_dataset_arguments(training, batch_size, augmentation, crops, mean_image, image_dtype)
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
     options = tf.data.Options()
@@ -259,21 +251,7 @@ def make_dataset(
     shift_offset = (np.array(augment.IMAGENET_MEAN_RGB, np.float32) - np.array(dataset_mean, np.float32)
                     if dataset_mean is not None else np.zeros(3, np.float32))
 
-    if training:
-        # Only the crop is made per image; the float work happens per batch (finish_views).
-        def view(image_bytes, example_seed):
-            return (augment.train_crop(image_bytes, image_size, example_seed, augmentation),
-                    augment.lighting_shift(example_seed, augmentation) + shift_offset)
-        placeholder = (tf.zeros([image_size, image_size, 3], tf.uint8), tf.zeros([3], tf.float32))
-    elif crops == 10:
-        def view(image_bytes, example_seed):
-            return augment.ten_crop(augment.decode_for_view(image_bytes, image_size), image_size, mean_image)
-        placeholder = tf.zeros([10, image_size, image_size, 3], tf.float32)
-    else:
-        def view(image_bytes, example_seed):
-            return augment.center_view(augment.decode_for_view(image_bytes, image_size), image_size, mean_image)
-        placeholder = tf.zeros([image_size, image_size, 3], tf.float32)
-
+    view, placeholder = _view_function(training, crops, image_size, augmentation, mean_image, shift_offset)
     report = _report_in_graph if data_service else _report_in_python
     # Evaluation keeps the file order (results line up with the files); training need not.
     dataset = skip_bad_examples(records, load, view, placeholder, source.num_classes, report,
@@ -286,6 +264,37 @@ def make_dataset(
     if data_service:
         dataset = _distribute(dataset, data_service, training)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _check_dataset_arguments(training, batch_size, augmentation, crops, mean_image, image_dtype):
+    if augmentation not in augment.AUGMENTATIONS:
+        raise UsageError(f"unknown augmentation {augmentation!r}; expected one of {', '.join(augment.AUGMENTATIONS)}")
+    if crops not in (1, 10) or (training and crops != 1):
+        raise UsageError(f"crops={crops} is not supported; use 1, or 10 for evaluation")
+    if batch_size < 1:
+        raise UsageError(f"batch_size must be positive, got {batch_size}")
+    if image_dtype not in ("float32", "uint8") or (image_dtype == "uint8" and (not training or mean_image is not None)):
+        raise UsageError(f"image_dtype={image_dtype!r} is not supported here: use float32, or uint8 for training "
+                         "without mean_image (pass the mean to augment.finish_views instead)")
+
+
+def _view_function(training, crops, image_size, augmentation, mean_image, shift_offset):
+    """(view(image_bytes, example_seed), a placeholder of its output's structure) for one example:
+    a training crop and its lighting shift, the ten views, or the centre view (§4.1)."""
+    if training:
+        # Only the crop is made per image; the float work happens per batch (finish_views).
+        def view(image_bytes, example_seed):
+            return (augment.train_crop(image_bytes, image_size, example_seed, augmentation),
+                    augment.lighting_shift(example_seed, augmentation) + shift_offset)
+        return view, (tf.zeros([image_size, image_size, 3], tf.uint8), tf.zeros([3], tf.float32))
+    if crops == 10:
+        def view(image_bytes, example_seed):
+            return augment.ten_crop(augment.decode_for_view(image_bytes, image_size), image_size, mean_image)
+        return view, tf.zeros([10, image_size, image_size, 3], tf.float32)
+
+    def view(image_bytes, example_seed):
+        return augment.center_view(augment.decode_for_view(image_bytes, image_size), image_size, mean_image)
+    return view, tf.zeros([image_size, image_size, 3], tf.float32)
 
 
 def _distribute(dataset, address, training):
