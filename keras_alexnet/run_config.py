@@ -107,9 +107,21 @@ def check_config(config):
         raise UsageError(f"--learning_rate={config.learning_rate} must be positive.")
     if config.dropout is not None and not 0.0 <= config.dropout < 1.0:
         raise UsageError(f"--dropout={config.dropout} must be in [0, 1).")
+    if config.warmup_epochs is not None and config.warmup_epochs < 0:
+        raise UsageError(f"--warmup_epochs={config.warmup_epochs:g} must not be negative.")
+    if config.epochs is not None:
+        check_warmup(config.warmup_epochs, config.epochs)
     if (config.weight_decay or 0.0) < 0 or config.momentum < 0:
         raise UsageError("--weight_decay and --momentum must not be negative.")
     check_writable(config.model_dir, "--model_dir")
+
+
+def check_warmup(warmup_epochs, epochs):
+    """A warm-up given as a flag must end before the run does (the recipe's own may not: a
+    smoke run of one epoch warms up throughout)."""
+    if warmup_epochs and warmup_epochs >= epochs:
+        raise UsageError(f"--warmup_epochs={warmup_epochs:g} is not below --epochs={epochs}: the rate would never reach "
+                         "--learning_rate nor start its schedule; lower --warmup_epochs or raise --epochs.")
 
 
 def check_writable(path, flag):
@@ -163,11 +175,14 @@ def start_from(config, pretrained, info):
     """`config` with the network fixed (the --weights file's, finetune.configure, or the paper's)
     and the recipe applied; fc8's rate multiplier follows from both."""
     if pretrained is None:
-        config = dataclasses.replace(config, variant=config.variant or "paper", groups=config.groups or 2, convention="paper")
-        return recipes.apply(config, info.num_examples["train"])
-    config = recipes.apply(finetune.configure(config, pretrained), info.num_examples["train"])
-    return dataclasses.replace(
-        config, classifier_lr_multiplier=finetune.classifier_lr_multiplier(config, pretrained, info.num_classes))
+        network = dataclasses.replace(config, variant=config.variant or "paper", groups=config.groups or 2, convention="paper")
+        started = recipes.apply(network, info.num_examples["train"])
+    else:
+        started = recipes.apply(finetune.configure(config, pretrained), info.num_examples["train"])
+        started = dataclasses.replace(
+            started, classifier_lr_multiplier=finetune.classifier_lr_multiplier(started, pretrained, info.num_classes))
+    check_warmup(config.warmup_epochs, started.epochs)  # the flag's warm-up against the recipe's epochs
+    return started
 
 
 def resolve(config, strategy, info):

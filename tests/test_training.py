@@ -12,13 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_alexnet import checkpoints, distribute, recipes
+from keras_alexnet import checkpoints, distribute, recipes, run_config
 from keras_alexnet.errors import UsageError
 from keras_alexnet.training import Trainer, TrainConfig, TrainingDiverged, check_config, train
 
@@ -258,12 +259,22 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         ({"lr_schedule": "linear"}, "--lr_schedule='linear'"),
         ({"batch_size": 0}, "--batch_size=0"),
         ({"log_steps": 0}, "--log_steps=0"),
+        ({"warmup_epochs": -1.0}, "--warmup_epochs=-1 must not be negative"),
+        ({"warmup_epochs": 20.0, "epochs": 2}, "--warmup_epochs=20 is not below --epochs=2: the rate would never reach"),
         ({"model_dir": "/proc/alexnet"}, "--model_dir=/proc/alexnet is not writable"),
     ],
 )
 def test_bad_config_is_refused_before_any_work(changes, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("'", "'")):
         check_config(TrainConfig(**{**TINY, **changes}))
+
+
+def test_a_warmup_flag_is_refused_when_the_recipes_run_is_not_longer():
+    info = types.SimpleNamespace(num_examples={"train": 1000, "validation": 250}, num_classes=5)
+    with pytest.raises(UsageError, match="--warmup_epochs=40 is not below --epochs=30"):  # small_data: 30 epochs
+        run_config.start_from(TrainConfig(dataset="folder:/photos", warmup_epochs=40.0), None, info)
+    # The recipe's own warm-up may fill a short run: a one-epoch smoke run warms up throughout.
+    assert run_config.start_from(TrainConfig(dataset="folder:/photos", epochs=1), None, info).warmup_epochs == 1
 
 
 def test_batch_must_divide_over_replicas(tmp_path):
