@@ -14,7 +14,12 @@ import sys
 
 from absl import flags
 
-import _cli as cli
+# A file that is not an image fails an assertion inside the serving function, and TensorFlow's
+# runtime logs that failure as a two-line C++ warning before the script's own one-line error:
+# warnings hidden too (the scripts' default hides INFO only). The environment wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import _cli as cli  # noqa: E402 (after the log level: _cli sets its own default)
 
 flags.DEFINE_string("saved_model", None, "A SavedModel version folder written by scripts/export.py.")
 flags.DEFINE_string("model_dir", None, "A training run's directory (config.json and checkpoints/).")
