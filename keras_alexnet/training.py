@@ -103,7 +103,9 @@ class Trainer:
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(images, training=True), tf.float32)
                 per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(labels, tf.int32), logits)
-                loss = tf.nn.compute_average_loss(per_example, global_batch_size=config.batch_size)
+                # The replica's share of the global batch's mean, as tf.nn.compute_average_loss computes
+                # it, without the Assert ops on the batch size that it adds and XLA logs as ignored.
+                loss = tf.reduce_sum(per_example) / config.batch_size
                 if model.losses:  # the coupled weight decay (§5), once per global step
                     loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
                 scaled_loss = optimizer.scale_loss(loss) if scales_loss else loss
