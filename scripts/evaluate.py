@@ -31,10 +31,30 @@ flags.DEFINE_integer("log_every", 0, "Print progress every N steps (0: never).")
 FLAGS = flags.FLAGS
 
 
+def _output_path(crops):
+    """--output, or with --model_dir its eval_<split>_<crops>crop.json; None for a SavedModel."""
+    if FLAGS.output or not FLAGS.model_dir:
+        return FLAGS.output
+    return os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}_{crops}crop.json")
+
+
+def _load_model(config):
+    """(probabilities function, class names, image size, class count, run config) of the
+    --model_dir checkpoint or the --saved_model export (whose run config is `config`, empty)."""
+    from keras_alexnet import checkpoints, evaluation, export
+
+    if not FLAGS.model_dir:
+        probabilities, class_names, image_size = export.load_saved_model(FLAGS.saved_model)
+        return probabilities, class_names, image_size, len(class_names), config
+    model, config = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint)
+    return (evaluation.model_probabilities(model), config.get("class_names"), int(config["image_size"]),
+            int(config["num_classes"]), config)
+
+
 def run():
     import tensorflow as tf
 
-    from keras_alexnet import checkpoints, data, distribute, evaluation, export
+    from keras_alexnet import checkpoints, data, distribute, evaluation
     from keras_alexnet.errors import UsageError
     from keras_alexnet.run_config import check_writable
 
@@ -51,23 +71,14 @@ def run():
     if isinstance(strategy, tf.distribute.TPUStrategy):
         # TPU programs need fixed batch shapes; exact evaluation here relies on partial batches.
         raise UsageError("--strategy tpu is not supported for evaluation: evaluate on CPU or GPU (--strategy default or mirrored).")
-    output = FLAGS.output or (os.path.join(FLAGS.model_dir, f"eval_{FLAGS.split}_{crops}crop.json") if FLAGS.model_dir else None)
-    if not distribute.is_chief(strategy):
-        output = None  # only the chief writes
+    output = _output_path(crops) if distribute.is_chief(strategy) else None  # only the chief writes
     if output:  # checked before the evaluation, which can take an hour
         check_writable(os.path.dirname(os.path.abspath(output)), "the folder of --output")
     replicas = strategy.num_replicas_in_sync
     if FLAGS.batch_size % replicas:
         raise UsageError(f"--batch_size={FLAGS.batch_size} does not split over {replicas} replicas: use a multiple of {replicas}.")
     with strategy.scope():
-        if FLAGS.model_dir:
-            model, config = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint)
-            probabilities = evaluation.model_probabilities(model)
-            class_names, image_size = config.get("class_names"), int(config["image_size"])
-            num_classes = int(config["num_classes"])
-        else:
-            probabilities, class_names, image_size = export.load_saved_model(FLAGS.saved_model)
-            num_classes = len(class_names)
+        probabilities, class_names, image_size, num_classes, config = _load_model(config)
 
     if info.num_classes != num_classes:
         raise UsageError(f"--dataset={spec} has {info.num_classes} classes but the model has {num_classes}: "
