@@ -159,20 +159,9 @@ def input_benchmark(*, image_dir=None, dataset=None, num_images=200, width=500, 
                     "read + full decode (plain)": decode_cpu, **step_rates,
                     "the whole pipeline (make_dataset)": pipeline_cpu}
         source_images = _describe_images(paths) + (f"; pipeline reads {dataset}" if dataset else "")
-    median = statistics.median
-    step_rows = []
-    for name in results[0]["steps_images_per_cpu_sec"] if steps else ():
-        rates = [r["steps_images_per_cpu_sec"][name] for r in results]
-        step_rows.append({"name": name, "images_per_cpu_sec": median(rates),
-                          "ratio": median(rate / r["decode_images_per_cpu_sec"] for rate, r in zip(rates, results))})
     return {
         "mode": "input",
-        "images_per_sec": median(r["images_per_sec"] for r in results),
-        "decode_images_per_sec": median(r["decode_images_per_sec"] for r in results),
-        "ratio": median(r["ratio"] for r in results),
-        # Per core: images per CPU-second the process spent (robust to other load on the machine).
-        "images_per_sec_per_core": median(r["images_per_cpu_sec"] for r in results),
-        "decode_images_per_sec_per_core": median(r["decode_images_per_cpu_sec"] for r in results),
+        **_input_medians(results, steps),
         "runs": results,
         "threads": threads,
         "image_size": image_size,
@@ -181,8 +170,27 @@ def input_benchmark(*, image_dir=None, dataset=None, num_images=200, width=500, 
         "augmentation": augmentation,
         "image_dtype": image_dtype,
         "source_images": source_images,
-        **({"steps": step_rows} if steps else {}),
     }
+
+
+def _input_medians(results, steps):
+    """The medians over input_benchmark's runs, and with `steps` each step's row."""
+    median = statistics.median
+    summary = {
+        "images_per_sec": median(r["images_per_sec"] for r in results),
+        "decode_images_per_sec": median(r["decode_images_per_sec"] for r in results),
+        "ratio": median(r["ratio"] for r in results),
+        # Per core: images per CPU-second the process spent (robust to other load on the machine).
+        "images_per_sec_per_core": median(r["images_per_cpu_sec"] for r in results),
+        "decode_images_per_sec_per_core": median(r["decode_images_per_cpu_sec"] for r in results),
+    }
+    if steps:
+        summary["steps"] = []
+        for name in results[0]["steps_images_per_cpu_sec"]:
+            rates = [r["steps_images_per_cpu_sec"][name] for r in results]
+            summary["steps"].append({"name": name, "images_per_cpu_sec": median(rates),
+                                     "ratio": median(rate / r["decode_images_per_cpu_sec"] for rate, r in zip(rates, results))})
+    return summary
 
 
 # -- FLOP count (forward: model.model_flops) -----------------------------------------------------
@@ -420,17 +428,9 @@ def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
             for _ in range(runs):
                 matmul = matmul_rate()
                 for name, (one, many) in engines.items():
-                    latencies = []
-                    for _ in range(latency_calls):
-                        start = time.perf_counter()
-                        one()
-                        latencies.append(time.perf_counter() - start)
-                    start = time.perf_counter()
-                    for _ in range(num_batches):
-                        many()
-                    images_per_sec = num_batches * batch_size / (time.perf_counter() - start)
-                    results[name].append(_figures(images_per_sec, flops_per_image, matmul, batch_size,
-                                                latency_ms=1000.0 * statistics.median(latencies)))
+                    latency, seconds = _time_inference(one, many, latency_calls, num_batches)
+                    results[name].append(_figures(num_batches * batch_size / seconds, flops_per_image, matmul, batch_size,
+                                                latency_ms=1000.0 * latency))
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     setup = {
@@ -441,6 +441,19 @@ def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
     }
     return {"mode": "infer", **{name: _median_summary("infer", rows, {"engine": name}) for name, rows in results.items()},
             **setup}
+
+
+def _time_inference(one, many, latency_calls, num_batches):
+    """(median seconds of `latency_calls` calls of `one`, seconds of `num_batches` calls of `many`)."""
+    latencies = []
+    for _ in range(latency_calls):
+        start = time.perf_counter()
+        one()
+        latencies.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(num_batches):
+        many()
+    return statistics.median(latencies), time.perf_counter() - start
 
 
 # -- per layer -----------------------------------------------------------------------------------
