@@ -81,11 +81,8 @@ flags.DEFINE_string("plot", None, "input --steps: also draw the steps as a PNG b
 flags.DEFINE_bool("json", False, "Print one JSON object per run instead of a summary.")
 
 
-def main(argv):
-    if len(argv) != 2:
-        cli.fail("usage: benchmark.py input|train|infer|compare [flags]")
-    mode = argv[1]
-    # Checked before importing TensorFlow, so a wrong mode or flag fails at once.
+def check_flags(mode):
+    """The mode and flag checks, before TensorFlow is imported, so a wrong one fails at once."""
     if mode not in MODES:
         cli.fail(f"unknown mode {mode!r}; expected input, train, infer or compare")
     for name in ("batch_size", "num_batches"):
@@ -106,6 +103,13 @@ def main(argv):
         cli.fail("--dataset is for the input mode, without --steps.")
     if FLAGS.steps and FLAGS.augmentation == "none":
         cli.fail("--steps needs a random crop: use --augmentation=paper or inception.")
+
+
+def main(argv):
+    if len(argv) != 2:
+        cli.fail("usage: benchmark.py input|train|infer|compare [flags]")
+    mode = argv[1]
+    check_flags(mode)
     batch_size = FLAGS.batch_size or BATCH_SIZE[mode]
     num_batches = FLAGS.num_batches or NUM_BATCHES[mode]
 
@@ -141,6 +145,11 @@ def main(argv):
     if mode == "infer":
         result = benchmarks.infer_benchmark(latency_calls=FLAGS.latency_calls, **model_flags)
         return print_model_result(result, [result["keras"], result["saved_model"]])
+    return run_input(benchmarks, batch_size, num_batches)
+
+
+def run_input(benchmarks, batch_size, num_batches):
+    """The input mode: time the pipeline, print it, and with --plot draw its steps."""
     result = benchmarks.input_benchmark(
         image_dir=FLAGS.image_dir, dataset=FLAGS.dataset, num_images=FLAGS.num_images, width=FLAGS.width, height=FLAGS.height,
         image_size=FLAGS.image_size, batch_size=batch_size, num_batches=num_batches,
