@@ -117,7 +117,7 @@ def check_config(config):
 
 
 def check_warmup(warmup_epochs, epochs):
-    """A warm-up given as a flag must end before the run does (the recipe's own may not: a
+    """A warm-up given as a flag must end before the run does (the recipe's own need not: a
     smoke run of one epoch warms up throughout)."""
     if warmup_epochs and warmup_epochs >= epochs:
         raise UsageError(f"--warmup_epochs={warmup_epochs:g} is not below --epochs={epochs}: the rate would never reach "
