@@ -113,7 +113,24 @@ def check_config(config):
         check_warmup(config.warmup_epochs, config.epochs)
     if (config.weight_decay or 0.0) < 0 or config.momentum < 0:
         raise UsageError("--weight_decay and --momentum must not be negative.")
+    if config.export_dir:  # first: it creates nothing, and a refused run should leave no empty --model_dir
+        check_creatable(config.export_dir, "--export_dir")
     check_writable(config.model_dir, "--model_dir")
+
+
+def check_creatable(path, flag):
+    """A folder written only when the run ends (the export base) is checked at its start without
+    being created (a run that learns nothing exports nothing): a file in its way, or a nearest
+    existing folder that is not writable, is refused. Other filesystems (gs://...) are not checked."""
+    if "://" in path:
+        return
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"{flag}={path} cannot be created: {existing} is a file; choose a folder path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag}={path} is not writable ({existing} does not let you write): choose a folder you can write to.")
 
 
 def check_warmup(warmup_epochs, epochs):

@@ -412,12 +412,22 @@ class _Run:
             self.say(f"nothing exported: held-out top-1 {result['val_top1']:.3f} is within noise of chance, and a model that "
                      "learned nothing must not replace a served one (--export_at_chance exports anyway)")
         elif self.chief and config.export_dir:
-            result["export_path"] = export.export_saved_model(
-                self.trainer.model, config.export_dir, class_names=list(info.class_names), image_size=config.image_size,
-                mean_image=info.mean_rgb)
+            result["export_path"] = self._export()
             self.say(f"exported SavedModel to {result['export_path']}")
         result["model"] = self.trainer.model
         return result
+
+
+    def _export(self):
+        config, info = self.config, self.info
+        try:
+            return export.export_saved_model(self.trainer.model, config.export_dir, class_names=list(info.class_names),
+                                             image_size=config.image_size, mean_image=info.mean_rgb)
+        except (OSError, tf.errors.OpError) as error:  # a full disk, a folder made read-only during the run
+            raise UsageError(
+                f"could not export to {config.export_dir} ({first_line(error)}); the trained model is in the checkpoints "
+                f"of {config.model_dir}: export it with scripts/export.py --model_dir {config.model_dir} "
+                "--export_base FOLDER.") from None
 
 
 class ChanceWatch:

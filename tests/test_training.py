@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 from keras_alexnet import checkpoints, distribute, recipes, run_config
+from keras_alexnet import training as training_module
 from keras_alexnet.errors import UsageError
 from keras_alexnet.training import Trainer, TrainConfig, TrainingDiverged, check_config, train
 
@@ -260,6 +261,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         ({"batch_size": 0}, "--batch_size=0"),
         ({"log_steps": 0}, "--log_steps=0"),
         ({"warmup_epochs": -1.0}, "--warmup_epochs=-1 must not be negative"),
+        ({"export_dir": "/proc/version/saved"}, "--export_dir=/proc/version/saved cannot be created: /proc/version is a file"),
         ({"warmup_epochs": 20.0, "epochs": 2}, "--warmup_epochs=20 is not below --epochs=2: the rate would never reach"),
         ({"model_dir": "/proc/alexnet"}, "--model_dir=/proc/alexnet is not writable"),
     ],
@@ -267,6 +269,23 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_bad_config_is_refused_before_any_work(changes, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("'", "'")):
         check_config(TrainConfig(**{**TINY, **changes}))
+
+
+def test_an_export_that_fails_at_the_end_is_one_line_that_names_the_checkpoints(tmp_path, monkeypatch):
+    # The export folder was checked at the start; a disk that fills or a folder made read-only
+    # during the run still fails the export, after training: one line, the checkpoints intact.
+    def full_disk(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    monkeypatch.setattr(training_module.export, "export_saved_model", full_disk)
+    config = TrainConfig(**{**TINY, "export_dir": str(tmp_path / "export"), "export_at_chance": True},
+                         model_dir=str(tmp_path / "run"), strategy="default")
+    with pytest.raises(UsageError) as failed:
+        train(config)
+    assert str(failed.value) == (
+        f"could not export to {tmp_path / 'export'} (No space left on device); the trained model is in the checkpoints of "
+        f"{tmp_path / 'run'}: export it with scripts/export.py --model_dir {tmp_path / 'run'} --export_base FOLDER.")
+    assert tf.train.latest_checkpoint(tmp_path / "run" / "checkpoints").endswith("ckpt-2")
 
 
 def test_a_warmup_flag_is_refused_when_the_recipes_run_is_not_longer():
