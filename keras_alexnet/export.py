@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import augment
-from keras_alexnet.errors import UsageError
+from keras_alexnet.errors import UsageError, first_line
 from keras_alexnet.evaluation import TOP_K
 from keras_alexnet.run_lease import SETTLE_SECONDS, claims_need_settling
 
@@ -195,7 +195,8 @@ def export_saved_model(model, export_base, *, class_names, image_size=None, vers
             float32 either way.
 
     The SavedModel is written to a hidden folder inside export_base (TF Serving ignores names
-    that are not integers) and renamed into place, so a half-written version never appears.
+    that are not integers) and renamed into place, so a half-written version never appears. A
+    write that fails (a file where a folder should be, a full disk) is UsageError in one line.
     """
     export_base = str(export_base)
     if version is not None:
@@ -210,12 +211,14 @@ def export_saved_model(model, export_base, *, class_names, image_size=None, vers
     if warmup_images is None:
         warmup_images = default_warmup_images()
 
-    tf.io.gfile.makedirs(export_base)
     staging = os.path.join(export_base, f".tmp-export-{uuid.uuid4().hex}")
     try:
+        tf.io.gfile.makedirs(export_base)
         tf.saved_model.save(module, staging, signatures=module.signatures())
         write_warmup_requests(os.path.join(staging, WARMUP_FILE), warmup_images, model_name)
         return _move_into_place(staging, export_base, version)
+    except (OSError, tf.errors.OpError) as error:
+        raise UsageError(f"could not export to {export_base} ({first_line(error)})") from None
     finally:
         if tf.io.gfile.exists(staging):
             tf.io.gfile.rmtree(staging)

@@ -423,11 +423,9 @@ class _Run:
         try:
             return export.export_saved_model(self.trainer.model, config.export_dir, class_names=list(info.class_names),
                                              image_size=config.image_size, mean_image=info.mean_rgb)
-        except (OSError, tf.errors.OpError) as error:  # a full disk, a folder made read-only during the run
-            raise UsageError(
-                f"could not export to {config.export_dir} ({first_line(error)}); the trained model is in the checkpoints "
-                f"of {config.model_dir}: export it with scripts/export.py --model_dir {config.model_dir} "
-                "--export_base FOLDER.") from None
+        except UsageError as error:  # a full disk, a folder made read-only during the run
+            raise UsageError(f"{error}; the trained model is in the checkpoints of {config.model_dir}: export it with "
+                             f"scripts/export.py --model_dir {config.model_dir} --export_base FOLDER.") from None
 
 
 class ChanceWatch:

@@ -154,6 +154,13 @@ def test_staging_folder_is_removed_when_export_fails(tmp_path, monkeypatch):
     assert os.listdir(tmp_path / "alexnet") == []
 
 
+def test_an_export_base_that_cannot_be_written_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("")  # a FailedPreconditionError traceback before
+    with pytest.raises(UsageError) as failed:
+        export.export_saved_model(small_model(), tmp_path / "a_file" / "alexnet", class_names=CLASSES)
+    assert str(failed.value) == f"could not export to {tmp_path}/a_file/alexnet ({tmp_path}/a_file is not a directory)"
+
+
 def test_signatures_dtypes_and_shapes(exported):
     _, _, path = exported
     loaded = tf.saved_model.load(path)

@@ -20,7 +20,6 @@ import pytest
 import tensorflow as tf
 
 from keras_alexnet import checkpoints, distribute, recipes, run_config
-from keras_alexnet import training as training_module
 from keras_alexnet.errors import UsageError
 from keras_alexnet.training import Trainer, TrainConfig, TrainingDiverged, check_config, train
 
@@ -277,7 +276,7 @@ def test_an_export_that_fails_at_the_end_is_one_line_that_names_the_checkpoints(
     def full_disk(*args, **kwargs):
         raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
 
-    monkeypatch.setattr(training_module.export, "export_saved_model", full_disk)
+    monkeypatch.setattr(tf.saved_model, "save", full_disk)
     config = TrainConfig(**{**TINY, "export_dir": str(tmp_path / "export"), "export_at_chance": True},
                          model_dir=str(tmp_path / "run"), strategy="default")
     with pytest.raises(UsageError) as failed:
