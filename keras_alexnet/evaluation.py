@@ -112,14 +112,16 @@ def evaluate(probabilities_fn, dataset_fn, strategy=None, top_k=TOP_K, log_every
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
 
     def replica_step(images, labels):
-        if strategy.num_replicas_in_sync == 1:  # one input pipeline: no batch is empty
+        def counts():
             return batch_counts(average_views(probabilities_fn, images), labels, top_k)
+
+        if strategy.num_replicas_in_sync == 1:  # one input pipeline: no batch is empty
+            return counts()
         # A replica whose input has run out gets an empty batch. On some CPUs (an AMD EPYC with
         # AVX-512, TensorFlow 2.21's oneDNN kernels) a convolution of an empty batch returns its
         # input's shape, [0, S, S, 3], and the next layer fails; an empty batch counts nothing.
         # (Not on one replica: the cond's Merge node earns a grappler warning on every run.)
-        return tf.cond(tf.shape(labels)[0] > 0,
-                       lambda: batch_counts(average_views(probabilities_fn, images), labels, top_k),
+        return tf.cond(tf.shape(labels)[0] > 0, counts,
                        lambda: (tf.zeros([3], tf.int64), tf.constant(0.0, tf.float64)))
 
     @tf.function(reduce_retracing=True)

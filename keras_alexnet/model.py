@@ -112,7 +112,8 @@ def build(
     This builds; it reads no file. `keras_alexnet.build(..., weights=FILE)` is this plus
     `keras_alexnet.weights.load_weights` (the file's convention by default).
     """
-    _check_build_arguments(variant, init, groups, tuple(input_shape), classifier_activation, convention)
+    input_shape = tuple(input_shape)
+    _check_build_arguments(variant, init, groups, input_shape, classifier_activation, convention)
     seeds = keras.random.SeedGenerator(seed) if seed is not None else None
 
     def next_seed():
@@ -128,7 +129,7 @@ def build(
             "kernel_regularizer": keras.regularizers.L2(weight_decay / 2) if weight_decay else None,
         }
 
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    inputs = keras.Input(shape=input_shape, name="image")
     x = inputs if convention == "paper" else InputAdapter(convention, name="input_adapter")(inputs)
     x = _convolutions(x, variant, groups, convention, initializers)
     if not include_top:
