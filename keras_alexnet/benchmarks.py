@@ -289,7 +289,7 @@ def train_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
         recipe="paper", variant=variant, image_size=image_size, batch_size=batch_size, precision=precision, xla=xla,
         strategy=strategy, steps_per_loop=steps_per_loop, epochs=1,
         steps_per_epoch=warmup_batches + runs * calls * steps_per_loop, seed=seed), num_train_examples=0)
-    run_config.check_config(dataclasses.replace(config, model_dir=tempfile.gettempdir()))  # nothing is written
+    run_config.check_config(config)
     info = types.SimpleNamespace(num_examples={"train": config.steps_per_epoch * batch_size})
     config = run_config.resolve(config, strategy_object, info)
     previous_policy = keras.mixed_precision.global_policy()

@@ -7,7 +7,7 @@
     not pre-process the images in any other way, except for subtracting the mean activity over
     the training set from each pixel."                                  (Krizhevsky et al., §2)
 
-Sources (`list_folder`, `list_ilsvrc`): an image folder (train/<class>/*, val/<class>/*), or the
+Sources (`list_folder`, `list_ilsvrc`): an image folder (<class>/*, or train/<class>/* and val/<class>/*), or the
 ILSVRC2012 layout (one tar per synset, or their extracted folders; the flat validation folder and
 its ground-truth file). Output (`prepare`): TFRecords in the TF-official ImageNet schema, read
 unchanged by `data.make_dataset("tfrecord:DIR")`:
@@ -109,43 +109,19 @@ def _texts(class_names, synset_names):
     return [synset_names.get(name, "") for name in class_names] if synset_names else [""] * len(class_names)
 
 
-def _split_dir(root, split):
-    for name in (("train",) if split == "train" else ("val", "validation")):
-        if os.path.isdir(os.path.join(root, name)):
-            return os.path.join(root, name)
-    return None
-
-
 def list_folder(root, synset_names=None):
-    """Plan of an image folder: root/train/<class>/* and root/val/<class>/* (or validation/).
-
-    Classes are the sorted folder names of train/ (as data.py's folder: source); every file is
-    listed (one that is not an image is skipped and listed when it fails to decode).
+    """Plan of an image folder, in either layout of data.py's folder: source (PATH/<class>/*, a
+    fifth of each class held out by file name; or PATH/train/<class>/* and PATH/val/<class>/*),
+    with the same classes and the same split. Every file is listed (one that is not an image is
+    skipped and listed when it fails to decode).
     """
-    train_dir = _split_dir(root, "train")
-    if train_dir is None:
-        raise UsageError(f"{root} has no train/ folder; expected {root}/train/<class>/*.jpg and {root}/val/<class>/*.jpg")
-    classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
-        raise UsageError(f"{train_dir} has no class folders; expected {train_dir}/<class>/*.jpg")
-    index = {name: i for i, name in enumerate(classes)}
+    from keras_alexnet.sources import folder  # here: it imports TensorFlow, which the rest of this module does late
+
+    classes = list(folder.class_names(root))
     splits = {}
     for split in ("train", "validation"):
-        split_dir = _split_dir(root, split)
-        if split_dir is None:
-            continue
-        examples = []
-        for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
-            if not entry.is_dir() or entry.name.startswith("."):
-                continue
-            if entry.name not in index:
-                raise UsageError(f"class folder {entry.path} is not among the classes of {train_dir}")
-            for f in sorted(os.scandir(entry.path), key=lambda e: e.name):
-                if f.is_file() and not f.name.startswith("."):
-                    examples.append(Example(f.path, f.name, index[entry.name]))
-        splits[split] = examples
-    if not splits["train"]:
-        raise UsageError(f"{train_dir} has no files in its class folders")
+        paths, labels = folder.folder_files(root, split)
+        splits[split] = [Example(path, os.path.basename(path), label) for path, label in zip(paths, labels)]
     return Plan(classes, _texts(classes, synset_names), splits)
 
 

@@ -113,7 +113,12 @@ def check_config(config):
         check_warmup(config.warmup_epochs, config.epochs)
     if (config.weight_decay or 0.0) < 0 or config.momentum < 0:
         raise UsageError("--weight_decay and --momentum must not be negative.")
-    if config.export_dir:  # first: it creates nothing, and a refused run should leave no empty --model_dir
+
+
+def check_output_folders(config):
+    """The folders a run writes, checked after its flags and its data (training.train), so that a
+    refused run leaves no empty --model_dir behind."""
+    if config.export_dir:  # first: it creates nothing
         check_creatable(config.export_dir, "--export_dir")
     check_writable(config.model_dir, "--model_dir")
 

@@ -25,7 +25,7 @@ import tensorflow as tf
 # Private: the registry tf.custom_gradient adds to (see forgetting_traced_gradients).
 from tensorflow.python.framework.ops import _gradient_registry as _GRADIENT_REGISTRY
 
-from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, finetune, optimization, run_lease
+from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, finetune, optimization, run_config, run_lease
 from keras_alexnet.errors import UsageError, first_line
 from keras_alexnet.logs import Progress, RunLog
 from keras_alexnet.run_config import TrainConfig, check_config, check_resume, resolve, start_from  # noqa: F401 (TrainConfig: importable from here too)
@@ -195,6 +195,7 @@ def train(config, strategy=None, stream=None):
     info = data.dataset_info(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)
     pretrained = finetune.read(config.weights) if config.weights else None
     config = resolve(start_from(config, pretrained, info), strategy, info)
+    run_config.check_output_folders(config)
     check_resume(config, info.num_classes)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -306,6 +307,8 @@ class _Run:
         self.say(f"recipe {config.recipe} ({config.recipe_reason}): {config.optimizer}, warm-up {config.warmup_epochs:g} "
                  f"epoch{'s' if config.warmup_epochs != 1 else ''}, weight decay {config.weight_decay:g}, dropout {config.dropout:g}; "
                  "flags given win")
+        if info.split_note:
+            self.say(info.split_note)
         if config.precision == "mixed_float16" and distribute.device_kind() == "cpu":
             self.say("warning: mixed_float16 on a CPU is slower than float32 (CPUs have no float16 arithmetic units; "
                      "docs/performance.md): leave --precision unset for float32, or use --precision mixed_bfloat16 on a "

@@ -1,6 +1,6 @@
 """Prepare a dataset once as sharded TFRecords, the paper's way (§2; keras_alexnet/prepare.py, docs/imagenet.md).
 
-An image folder (DIR/train/<class>/*, DIR/val/<class>/*):
+An image folder (DIR/<class>/*, a fifth of each class held out; or DIR/train/<class>/*, DIR/val/<class>/*):
 
     python scripts/prepare_data.py --input_dir /data/images --output_dir /data/images_tfrecord
 
@@ -24,7 +24,8 @@ from absl import flags
 import _cli as cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("input_dir", None, "An image folder: DIR/train/<class>/* and DIR/val/<class>/* (or validation/).")
+flags.DEFINE_string("input_dir", None, "An image folder: DIR/<class>/* (a fifth of each class held out, as --dataset folder:DIR does), "
+                    "or DIR/train/<class>/* and DIR/val/<class>/* (or validation/).")
 flags.DEFINE_string("train_dir", None, "ILSVRC2012: a folder of per-synset tars (n01440764.tar) or their extracted folders.")
 flags.DEFINE_string("val_dir", None, "ILSVRC2012: the flat folder of ILSVRC2012_val_*.JPEG.")
 flags.DEFINE_string("val_labels", None, "ILSVRC2012: the validation ground truth: one synset per line in file order "
@@ -50,7 +51,7 @@ def main(argv):
     if not FLAGS.output_dir:
         cli.fail("--output_dir is required: a local folder or gs://bucket/path for the shards.")
     if not FLAGS.finalize and bool(FLAGS.input_dir) == bool(FLAGS.train_dir):
-        cli.fail("pass exactly one source: --input_dir (train/<class>/*, val/<class>/*) or --train_dir "
+        cli.fail("pass exactly one source: --input_dir (<class>/*, or train/<class>/* and val/<class>/*) or --train_dir "
                  "(ILSVRC2012 per-synset tars) with --val_dir and --val_labels.")
     for name in ("input_dir", "train_dir", "val_dir"):
         if FLAGS[name].value and not os.path.isdir(FLAGS[name].value):

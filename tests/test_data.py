@@ -11,6 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_alexnet import augment, data, shapes
+from keras_alexnet.sources import folder
 from keras_alexnet.errors import UsageError
 from test_readme import python_blocks
 
@@ -190,6 +191,72 @@ def test_folder_training_labels_match_images(image_folder):
     assert labels == [expected[k] for k in ids]
 
 
+def _flat_folder(root, per_class=11):
+    """root/<class>/*.jpg, no train/ or val/: two classes of _grey images; returns {id: label}."""
+    expected = {}
+    for label, name in enumerate(["cat", "dog"]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            k = label * per_class + i
+            (root / name / f"img_{i:03d}.jpg").write_bytes(_encode(_grey(k)))
+            expected[k] = label
+    return expected
+
+
+def _clear_folder_caches():
+    folder.class_names.cache_clear()
+    folder.folder_files.cache_clear()
+
+
+def test_a_flat_folder_holds_out_a_fifth_of_each_class_chosen_by_file_name(tmp_path):
+    # PATH/<class>/* (keras.utils.image_dataset_from_directory's layout): the held-out files are
+    # chosen by a hash of their path, so every run and the evaluation see the same split.
+    root = tmp_path / "flat"
+    expected = _flat_folder(root)
+    info = data.dataset_info(f"folder:{root}")
+    assert info.class_names == ["cat", "dog"]
+    assert info.num_examples["train"] + info.num_examples["validation"] == 22
+    assert info.num_examples["validation"] >= 1 and info.num_examples["train"] >= 12
+    assert info.split_note.startswith(f"held out: 20% of each class folder of {root}")
+    splits = {}
+    for split in ("train", "validation"):
+        ids, labels = _collect(data.make_dataset(f"folder:{root}", split, image_size=67, batch_size=4,
+                                                 training=False, deterministic=True))
+        assert labels == [expected[k] for k in ids]
+        splits[split] = set(ids)
+    assert not splits["train"] & splits["validation"]
+    assert splits["train"] | splits["validation"] == set(expected)
+    # Adding a file moves no other: a held-out image never turns into a training one.
+    before = {split: set(folder.folder_files(str(root), split)[0]) for split in ("train", "validation")}
+    (root / "cat" / "img_999.jpg").write_bytes(_encode(_grey(0)))
+    _clear_folder_caches()
+    for split in ("train", "validation"):
+        assert before[split] <= set(folder.folder_files(str(root), split)[0])
+    # About a fifth of any names, whatever they look like.
+    names = [f"class_{c}/IMG_{i:05d}.JPG" for c in range(3) for i in range(3000)]
+    assert 0.18 < sum(map(folder.is_held_out, names)) / len(names) < 0.22
+
+
+def test_a_train_folder_without_val_is_refused_before_training(tmp_path):
+    # It used to train a whole epoch and then fail at the first evaluation.
+    root = tmp_path / "photos"
+    _flat_folder(root / "train")
+    with pytest.raises(UsageError) as refused:
+        data.dataset_info(f"folder:{root}")
+    assert str(refused.value) == (f"{root} has train/ but no val/ folder: add {root}/val/<class>/*.jpg, or move the "
+                                  f"class folders up into {root} to hold out 20% of each")
+
+
+def test_a_flat_class_whose_every_file_is_held_out_is_refused(tmp_path):
+    root = tmp_path / "flat"
+    _flat_folder(root)
+    held_out_name = next(f"x{i}.jpg" for i in range(1000) if folder.is_held_out(f"tiny/x{i}.jpg"))
+    (root / "tiny").mkdir()
+    (root / "tiny" / held_out_name).write_bytes(_encode(_grey(1)))
+    with pytest.raises(UsageError, match=f"^class folder {root}/tiny has too few files to hold out 20% and train on the rest"):
+        data.dataset_info(f"folder:{root}")
+
+
 @pytest.mark.parametrize("training", [False, True])
 def test_two_input_pipelines_read_disjoint_files(image_folder, training):
     root, _ = image_folder
@@ -327,7 +394,7 @@ def test_bad_images_never_stop_training(bad_folder):
 def test_user_errors_are_one_line_and_name_the_path(tmp_path):
     cases = {
         f"folder:{tmp_path}/missing": "does not exist",
-        f"folder:{tmp_path}": "no train/ or val/ folder",
+        f"folder:{tmp_path}": "has no class folders; expected",
         "imagenet": "unknown dataset",
         "folder:": "unknown dataset",
         f"tfrecord:{tmp_path}/*.tfrecord": "{split}",

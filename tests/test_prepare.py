@@ -20,7 +20,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_alexnet import augment, data, prepare
-from keras_alexnet.sources import tfrecord
+from keras_alexnet.sources import folder, tfrecord
 from keras_alexnet.errors import UsageError
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "prepare_data.py")
@@ -126,6 +126,21 @@ def test_folder_to_tfrecord_gives_exactly_the_folders_examples_and_labels(prepar
     images, train_labels = next(iter(data.make_dataset(f"tfrecord:{out}", "train", image_size=227, batch_size=8,
                                                        training=True, seed=0, image_dtype="float32")))
     assert images.shape == (8, 227, 227, 3) and set(train_labels.numpy()) <= {0, 1, 2}
+
+
+def test_a_flat_folder_is_planned_with_the_training_runs_split(tmp_path):
+    # DIR/<class>/*: the plan holds out the files that `--dataset folder:DIR` holds out, so a
+    # prepared copy trains and evaluates on the same images as the folder itself.
+    root = tmp_path / "flat"
+    _make_folder(root, counts={"train": 8})
+    for name in CLASSES:
+        os.rename(root / "train" / name, root / name)
+    os.rmdir(root / "train")
+    plan = prepare.list_folder(str(root))
+    names = {split: {(e.name, e.label) for e in plan.splits[split]} for split in ("train", "validation")}
+    assert not names["train"] & names["validation"] and len(names["train"] | names["validation"]) == 8 * len(CLASSES)
+    assert names["validation"] == {(f"{n}_train_{i}.jpg", sorted(CLASSES).index(n)) for n in CLASSES for i in range(8)
+                                   if folder.is_held_out(f"{n}/{n}_train_{i}.jpg")}
 
 
 def test_the_training_mean_is_stored_and_used_with_mean_channel(prepared):

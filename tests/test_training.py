@@ -266,8 +266,21 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     ],
 )
 def test_bad_config_is_refused_before_any_work(changes, message):
+    config = TrainConfig(**{**TINY, **changes})
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("'", "'")):
-        check_config(TrainConfig(**{**TINY, **changes}))
+        check_config(config)
+        run_config.check_output_folders(config)
+
+
+def test_a_run_refused_for_its_data_creates_no_folder(tmp_path):
+    # The data are checked before --model_dir is created: a mistyped layout leaves nothing behind.
+    for name in ("cat", "dog"):
+        (tmp_path / "photos" / "train" / name).mkdir(parents=True)
+        (tmp_path / "photos" / "train" / name / "0.jpg").write_bytes(tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)).numpy())
+    config = TrainConfig(**{**TINY, "dataset": f"folder:{tmp_path / 'photos'}"}, model_dir=str(tmp_path / "run"))
+    with pytest.raises(UsageError, match="has train/ but no val/ folder"):
+        train(config)
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_export_that_fails_at_the_end_is_one_line_that_names_the_checkpoints(tmp_path, monkeypatch):

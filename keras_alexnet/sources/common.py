@@ -19,6 +19,7 @@ class DatasetInfo:
     class_names: list
     num_examples: dict  # split -> number of examples
     mean_rgb: list = None  # the per-channel mean the pipeline subtracts, when not the ImageNet mean
+    split_note: str = None  # how the held-out images were chosen, when the source chose them
 
 
 def parse_options(text, spec, allowed):
