@@ -51,40 +51,68 @@ def _load_model(config):
             int(config["num_classes"]), config)
 
 
-def run():
-    import tensorflow as tf
-
-    from keras_alexnet import checkpoints, data, distribute, evaluation
+def _data_source(config):
+    """(dataset string, data_dir, manual_dir): the flags, or the run's own from its config.json."""
     from keras_alexnet.errors import UsageError
-    from keras_alexnet.run_config import check_writable
 
-    crops = int(FLAGS.crops)
-    config = checkpoints.read_config(FLAGS.model_dir) if FLAGS.model_dir else {}
     spec = FLAGS.dataset or config.get("dataset")
     if not spec:
         raise UsageError("--dataset is needed with --saved_model (e.g. --dataset tfds:imagenet2012).")
-    data_dir = FLAGS.data_dir or config.get("data_dir")
-    manual_dir = FLAGS.manual_dir or config.get("manual_dir")
+    return spec, FLAGS.data_dir or config.get("data_dir"), FLAGS.manual_dir or config.get("manual_dir")
 
-    strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu, num_gpus=FLAGS.num_gpus)
-    info = data.dataset_info(spec, data_dir=data_dir, manual_dir=manual_dir)  # a bad --dataset fails here, early
+
+def _check_strategy(strategy, output):
+    """Refuse what would fail after the model is loaded: TPUs, a batch that does not split, an
+    --output folder that cannot be written (checked before an evaluation that can take an hour)."""
+    import tensorflow as tf
+
+    from keras_alexnet.errors import UsageError
+    from keras_alexnet.run_config import check_writable
+
     if isinstance(strategy, tf.distribute.TPUStrategy):
         # TPU programs need fixed batch shapes; exact evaluation here relies on partial batches.
         raise UsageError("--strategy tpu is not supported for evaluation: evaluate on CPU or GPU (--strategy default or mirrored).")
-    output = _output_path(crops) if distribute.is_chief(strategy) else None  # only the chief writes
-    if output:  # checked before the evaluation, which can take an hour
+    if output:
         check_writable(os.path.dirname(os.path.abspath(output)), "the folder of --output")
     replicas = strategy.num_replicas_in_sync
     if FLAGS.batch_size % replicas:
         raise UsageError(f"--batch_size={FLAGS.batch_size} does not split over {replicas} replicas: use a multiple of {replicas}.")
-    with strategy.scope():
-        probabilities, class_names, image_size, num_classes, config = _load_model(config)
+
+
+def _check_classes(info, spec, num_classes, class_names):
+    """The dataset must have the model's number of classes; other names are only a warning."""
+    from keras_alexnet.errors import UsageError
 
     if info.num_classes != num_classes:
         raise UsageError(f"--dataset={spec} has {info.num_classes} classes but the model has {num_classes}: "
                          "evaluate on the dataset the model was trained on.")
     if class_names and list(info.class_names) != list(class_names):
         print("warning: the dataset's class names differ from the model's; labels are compared by index.", file=sys.stderr)
+
+
+def _report(result, output):
+    """Print the result as one JSON line, then write it to `output` (if any)."""
+    import tensorflow as tf
+
+    print(json.dumps(result, sort_keys=True))  # first: a failed write below cannot lose it
+    if output:
+        with tf.io.gfile.GFile(output, "w") as f:
+            f.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+def run():
+    from keras_alexnet import checkpoints, data, distribute, evaluation
+
+    crops = int(FLAGS.crops)
+    config = checkpoints.read_config(FLAGS.model_dir) if FLAGS.model_dir else {}
+    spec, data_dir, manual_dir = _data_source(config)
+    strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu, num_gpus=FLAGS.num_gpus)
+    info = data.dataset_info(spec, data_dir=data_dir, manual_dir=manual_dir)  # a bad --dataset fails here, early
+    output = _output_path(crops) if distribute.is_chief(strategy) else None  # only the chief writes
+    _check_strategy(strategy, output)
+    with strategy.scope():
+        probabilities, class_names, image_size, num_classes, config = _load_model(config)
+    _check_classes(info, spec, num_classes, class_names)
 
     def dataset_fn(input_context):
         return data.make_dataset(
@@ -106,12 +134,9 @@ def run():
         "model": os.path.abspath(FLAGS.model_dir or FLAGS.saved_model),
         "checkpoint": config.get("restored_checkpoint"),  # the one loaded: a damaged newest one is skipped
         "image_size": image_size,
-        "replicas": replicas,
+        "replicas": strategy.num_replicas_in_sync,
     }
-    print(json.dumps(result, sort_keys=True))  # first: a failed write below cannot lose it
-    if output:
-        with tf.io.gfile.GFile(output, "w") as f:
-            f.write(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    _report(result, output)
     return result
 
 

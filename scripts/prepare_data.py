@@ -47,7 +47,8 @@ flags.DEFINE_integer("seed", 0, "Seed of the training examples' shuffle into sha
 flags.DEFINE_bool("finalize", False, "Only write the manifest and the mean image, once every shard is complete.")
 
 
-def main(argv):
+def check_flags():
+    """Every flag checked before anything is read or written: one error line naming the flag."""
     if not FLAGS.output_dir:
         cli.fail("--output_dir is required: a local folder or gs://bucket/path for the shards.")
     if not FLAGS.finalize and bool(FLAGS.input_dir) == bool(FLAGS.train_dir):
@@ -69,6 +70,21 @@ def main(argv):
     if not 1 <= FLAGS.quality <= 100:
         cli.fail(f"--quality={FLAGS.quality} must be 1..100.")
 
+
+def report(manifest):
+    """What was written, the files skipped (the first 20) and the --dataset string to train with."""
+    for split, entry in manifest["splits"].items():
+        skipped = entry["skipped"]
+        print(f"{split}: {entry['num_examples']} examples in {len(entry['shards'])} shards; {len(skipped)} files skipped"
+              + "".join(f"\n  skipped {path}: {why}" for path, why in skipped[:20])
+              + (f"\n  ... and {len(skipped) - 20} more (manifest.json)" if len(skipped) > 20 else ""))
+    print(f"training mean (RGB, per channel): {manifest.get('mean_rgb')}")
+    print(f"--dataset=tfrecord:{FLAGS.output_dir}   (or tfrecord:{FLAGS.output_dir}?mean=channel to subtract this "
+          "training set's own mean, §2)")
+
+
+def main(argv):
+    check_flags()
     from keras_alexnet import prepare
     from keras_alexnet.run_config import check_writable
 
@@ -93,14 +109,7 @@ def main(argv):
         print("other workers' shards are not complete yet: the last worker to finish writes the manifest "
               "(or run this command with --finalize once all have finished)")
         return 0
-    for split, entry in manifest["splits"].items():
-        skipped = entry["skipped"]
-        print(f"{split}: {entry['num_examples']} examples in {len(entry['shards'])} shards; {len(skipped)} files skipped"
-              + "".join(f"\n  skipped {path}: {why}" for path, why in skipped[:20])
-              + (f"\n  ... and {len(skipped) - 20} more (manifest.json)" if len(skipped) > 20 else ""))
-    print(f"training mean (RGB, per channel): {manifest.get('mean_rgb')}")
-    print(f"--dataset=tfrecord:{FLAGS.output_dir}   (or tfrecord:{FLAGS.output_dir}?mean=channel to subtract this "
-          "training set's own mean, §2)")
+    report(manifest)
     return 0
 
 
