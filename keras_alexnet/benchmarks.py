@@ -391,9 +391,9 @@ def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
     kind = distribute.device_kind()
     precision = precision or distribute.default_precision(kind, strategy_object)
     exported_in = export_precision(precision)
-    # XLA by default on GPU and TPU only: on CPU the graph without it already runs at the matmul
-    # rate (docs/performance.md), and the exported SavedModel never carries it. (Training turns
-    # XLA on everywhere, run_config.resolve.)
+    # XLA by default on GPU and TPU only: on CPU inference without it was faster at every size
+    # measured (docs/performance.md), and the exported SavedModel never carries it. (Training
+    # decides per machine and input size: distribute.default_xla.)
     xla = xla if xla is not None else kind in ("gpu", "tpu")
     if batch_size % strategy_object.num_replicas_in_sync:
         raise UsageError(f"--batch_size={batch_size} is not divisible by the "
@@ -422,15 +422,7 @@ def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
             engines["saved_model"] = (lambda: signature(images=one_image)["probabilities"].numpy(),
                                       lambda: signature(images=full_batch)["probabilities"].numpy())
             matmul_rate = matmul_benchmark(strategy_object, _compute_dtype(precision), matmul_size)
-            results = {name: [] for name in engines}
-            for call in [call for pair in engines.values() for call in pair] * 2:  # warm-up: trace, compile
-                call()
-            for _ in range(runs):
-                matmul = matmul_rate()
-                for name, (one, many) in engines.items():
-                    latency, seconds = _time_inference(one, many, latency_calls, num_batches)
-                    results[name].append(_figures(num_batches * batch_size / seconds, flops_per_image, matmul, batch_size,
-                                                latency_ms=1000.0 * latency))
+            results = _time_engines(engines, matmul_rate, runs, latency_calls, num_batches, batch_size, flops_per_image)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     setup = {
@@ -441,6 +433,21 @@ def infer_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
     }
     return {"mode": "infer", **{name: _median_summary("infer", rows, {"engine": name}) for name, rows in results.items()},
             **setup}
+
+
+def _time_engines(engines, matmul_rate, runs, latency_calls, num_batches, batch_size, flops_per_image):
+    """{engine: [per-run figures]} of {engine: (one-image call, batch call)}, after two warm-up
+    calls of each (tracing, compiling); the matmul is timed before each run."""
+    results = {name: [] for name in engines}
+    for call in [call for pair in engines.values() for call in pair] * 2:
+        call()
+    for _ in range(runs):
+        matmul = matmul_rate()
+        for name, (one, many) in engines.items():
+            latency, seconds = _time_inference(one, many, latency_calls, num_batches)
+            results[name].append(_figures(num_batches * batch_size / seconds, flops_per_image, matmul, batch_size,
+                                          latency_ms=1000.0 * latency))
+    return results
 
 
 def _time_inference(one, many, latency_calls, num_batches):
