@@ -91,11 +91,11 @@ class Trainer:
         count = tf.cast(tf.shape(labels)[0], tf.float32)
         return tf.stack([tf.reduce_sum(per_example_loss), top1, top5, count])
 
-    def _make_train_loop(self):
+    def _make_forward_backward(self):
+        """The replica's forward and backward: (gradients, statistics) of a batch, XLA-compiled
+        with --xla (not on TPUs, whose whole step is compiled anyway)."""
         model, optimizer, config = self.model, self.optimizer, self.config
         scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        multiplier = config.classifier_lr_multiplier or 1.0
-        multipliers = finetune.gradient_multipliers(model, multiplier) if multiplier != 1.0 else None
 
         def forward_backward(images, labels):
             if isinstance(images, tuple):  # uint8 crops and lighting shifts (data.make_dataset)
@@ -113,16 +113,28 @@ class Trainer:
             return gradients, self._statistics(logits, labels, per_example)
 
         if config.xla and not isinstance(self.strategy, tf.distribute.TPUStrategy):
-            forward_backward = tf.function(forward_backward, jit_compile=True)
+            return tf.function(forward_backward, jit_compile=True)
+        return forward_backward
+
+    def _make_apply(self):
+        """The optimizer's update of the gradients, XLA-compiled with --xla on a single device."""
+        model, optimizer = self.model, self.optimizer
 
         def apply(gradients):
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
 
-        # With XLA on a single device the update is compiled too: Keras runs SGD's momentum update
-        # as separate elementwise passes over every weight, which XLA fuses (docs/performance.md).
-        # Not across devices, where the update first all-reduces in a merge call, nor with loss scaling.
-        if config.xla and distribute.is_single_device(self.strategy) and not scales_loss:
-            apply = tf.function(apply, jit_compile=True)
+        # Keras runs SGD's momentum update as separate elementwise passes over every weight, which
+        # XLA fuses (docs/performance.md). Not across devices, where the update first all-reduces
+        # in a merge call, nor with loss scaling.
+        scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        if self.config.xla and distribute.is_single_device(self.strategy) and not scales_loss:
+            return tf.function(apply, jit_compile=True)
+        return apply
+
+    def _make_train_loop(self):
+        forward_backward, apply = self._make_forward_backward(), self._make_apply()
+        multiplier = self.config.classifier_lr_multiplier or 1.0
+        multipliers = finetune.gradient_multipliers(self.model, multiplier) if multiplier != 1.0 else None
 
         def replica_step(images, labels):
             gradients, statistics = forward_backward(images, labels)
