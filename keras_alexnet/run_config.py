@@ -160,6 +160,20 @@ def check_writable(path, flag):
                          "choose a directory you can write to.") from None
 
 
+# The settings a resumed run may change (the model's shape and its optimizer may not:
+# check_resume). A change applies only from the step where the run resumes, so it is said and
+# recorded (training._Run.write_config).
+RESUMABLE_SETTINGS = ("dataset", "epochs", "steps_per_epoch", "batch_size", "learning_rate", "lr_schedule",
+                      "warmup_epochs", "lr_decay_epochs", "plateau_patience", "momentum", "weight_decay", "dropout",
+                      "augmentation", "precision", "seed", "classifier_lr_multiplier")
+
+
+def setting_changes(previous, current):
+    """{setting: (previous value, current value)} of the RESUMABLE_SETTINGS that differ."""
+    return {key: (previous[key], current.get(key)) for key in RESUMABLE_SETTINGS
+            if key in previous and previous[key] != current.get(key)}
+
+
 def check_resume(config, num_classes):
     """A model_dir that holds checkpoints of another model shape is refused, not overwritten."""
     if checkpoints.latest_checkpoint(config.model_dir) is None:

@@ -282,16 +282,12 @@ class _Run:
             finetune.load(self.trainer.model, pretrained, self.say)
         self.write_dir = self.checkpoint_dir if self.chief else tempfile.mkdtemp(prefix=f"alexnet_{distribute.worker_id(strategy)}_")
         self.manager = tf.train.CheckpointManager(self.trainer.checkpoint, self.write_dir, max_to_keep=config.keep_checkpoints)
-        if self.chief:
-            checkpoints.write_config(config.model_dir, {
-                **config.to_json(), "num_classes": info.num_classes, "class_names": list(info.class_names),
-                "mean_rgb": info.mean_rgb,  # None: the ImageNet mean; else the dataset's (tfrecord:DIR?mean=channel)
-                "num_replicas": strategy.num_replicas_in_sync, "strategy_class": type(strategy).__name__,
-            })
-        self.run_log = RunLog(os.path.join(config.model_dir, checkpoints.HISTORY_FILE),
-                              os.path.join(config.model_dir, checkpoints.LOG_DIR), enabled=self.chief)
         self.start_step = self.step = int(self.trainer.step.numpy())
         self.total_steps = config.epochs * config.steps_per_epoch
+        if self.chief:
+            self.write_config(restored)
+        self.run_log = RunLog(os.path.join(config.model_dir, checkpoints.HISTORY_FILE),
+                              os.path.join(config.model_dir, checkpoints.LOG_DIR), enabled=self.chief)
         # Training batches come as uint8 crops that forward_backward finishes on the device; on TPUs,
         # whose infeed of uint8 is not tested here, as float32 views made on the host.
         image_dtype = "float32" if isinstance(strategy, tf.distribute.TPUStrategy) else "uint8"
@@ -304,6 +300,34 @@ class _Run:
         self.stop.install()
         self.progress = Progress(config.steps_per_epoch, config.epochs, config.batch_size, stream=stream)
         self.window = _RunningTotals()  # the train/ scalars: means over the steps since the last point
+
+    def write_config(self, restored):
+        """config.json: the run's settings. A resumed run whose settings differ says so in one
+        line and keeps the earlier ones under "earlier_settings" with the step they ended at; a
+        run that has already trained to its end keeps its config.json (the new settings would
+        apply to no step)."""
+        config, info, strategy = self.config, self.info, self.strategy
+        current = {
+            **config.to_json(), "num_classes": info.num_classes, "class_names": list(info.class_names),
+            "mean_rgb": info.mean_rgb,  # None: the ImageNet mean; else the dataset's (tfrecord:DIR?mean=channel)
+            "num_replicas": strategy.num_replicas_in_sync, "strategy_class": type(strategy).__name__,
+        }
+        try:
+            previous = checkpoints.read_config(config.model_dir) if restored else {}
+        except FileNotFoundError:
+            previous = {}
+        changes = run_config.setting_changes(previous, current)
+        listed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
+        if changes and self.step >= self.total_steps:
+            self.say(f"warning: this run has already trained its {self.step} steps, so the changed settings ({listed}) "
+                     "apply to no step; config.json keeps the run's own (train with them in a new --model_dir)")
+            return
+        current["earlier_settings"] = previous.get("earlier_settings", [])
+        if changes:
+            self.say(f"warning: resuming at step {self.step} with settings that differ from the run so far: {listed}; "
+                     "they apply from this step on (config.json keeps the earlier ones under earlier_settings)")
+            current["earlier_settings"].append({"until_step": self.step, **{key: old for key, (old, _) in changes.items()}})
+        checkpoints.write_config(config.model_dir, current)
 
     def say(self, message):
         if self.chief:

@@ -184,6 +184,28 @@ def test_restart_resumes_and_finishes(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2]
 
 
+def test_a_resume_with_other_settings_says_so_and_config_json_keeps_the_earlier_ones(tmp_path):
+    # config.json used to take the new flags silently, also when a finished run applied them to
+    # no step: it then misstated how the checkpoints were trained.
+    config = TrainConfig(**{**TINY, "learning_rate": 1e-3}, model_dir=str(tmp_path), strategy="default")
+    train(config)
+    out = io.StringIO()
+    assert train(dataclass_replace(config, epochs=2, learning_rate=2e-3), stream=out)["step"] == 4
+    assert ("warning: resuming at step 2 with settings that differ from the run so far: epochs 1 -> 2, learning_rate "
+            "0.001 -> 0.002; they apply from this step on") in out.getvalue()
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert (written["epochs"], written["learning_rate"]) == (2, 2e-3)
+    assert written["earlier_settings"] == [{"until_step": 2, "epochs": 1, "learning_rate": 1e-3}]
+    out = io.StringIO()
+    train(dataclass_replace(config, epochs=2, learning_rate=5e-3), stream=out)  # already at its end
+    assert ("warning: this run has already trained its 4 steps, so the changed settings (learning_rate 0.002 -> "
+            "0.005) apply to no step") in out.getvalue()
+    assert json.loads((tmp_path / "config.json").read_text()) == written
+    out = io.StringIO()
+    train(dataclass_replace(config, epochs=2, learning_rate=2e-3), stream=out)  # the same settings: nothing to say
+    assert "warning" not in out.getvalue()
+
+
 def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes(tmp_path, capsys):
     # The case (#14): the newest checkpoint's data file cut to 1,000 bytes (a full disk, a
     # preempted copy), an older one intact beside it, and history.jsonl with a torn last line.
@@ -200,7 +222,8 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes(tmp_path, ca
     out = io.StringIO()
     assert train(config, stream=out)["step"] == 4
     warnings = [line for line in out.getvalue().splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "ckpt-2 (Read less bytes than requested)" in warnings[0], out.getvalue()
+    assert len(warnings) == 2 and "ckpt-2 (Read less bytes than requested)" in warnings[0], out.getvalue()
+    assert warnings[1].startswith("warning: resuming at step 1 with settings that differ from the run so far: epochs 1 -> 2")
     assert f"resumed from {tmp_path / 'checkpoints' / 'ckpt-1'} at step 1" in out.getvalue()
     (aside,) = (tmp_path / "checkpoints" / "damaged").iterdir()
     assert sorted(p.name for p in aside.iterdir()) == ["ckpt-2.data-00000-of-00001", "ckpt-2.index"]
