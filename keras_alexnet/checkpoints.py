@@ -31,7 +31,7 @@ import time
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
-from keras_alexnet.errors import first_line
+from keras_alexnet.errors import UsageError, first_line
 from keras_alexnet.model import build
 
 CONFIG_FILE = "config.json"
@@ -60,12 +60,23 @@ def write_config(model_dir, config):
 
 
 def read_config(model_dir):
-    """The config.json of a training run; a one-line error if there is none."""
+    """The config.json of a training run: FileNotFoundError (one line) if there is none,
+    UsageError (one line) if it is not a JSON object (a hand edit, a copy cut short)."""
     path = os.path.join(model_dir, CONFIG_FILE)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path} not found: --model_dir must be a directory written by scripts/train.py.")
     with tf.io.gfile.GFile(path) as f:
-        return json.loads(f.read())
+        text = f.read()
+    try:
+        config = json.loads(text)
+    except ValueError as error:
+        config, reason = None, first_line(error)
+    else:
+        reason = "not a JSON object"
+    if not isinstance(config, dict):
+        raise UsageError(f"{path} is damaged ({reason}): restore it from a copy, or delete it and rerun "
+                         "scripts/train.py with the run's flags, which writes it again.")
+    return config
 
 
 def build_from_config(config, **kwargs):

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from keras_alexnet import checkpoints
+from keras_alexnet.errors import UsageError
 
 DATA = "ckpt-6.data-00000-of-00001"
 
@@ -123,3 +124,16 @@ def test_a_checkpoint_of_another_model_is_not_damage(model_dir):
     with pytest.raises(AssertionError):
         checkpoints.restore_newest_readable(other, str(model_dir), move_aside=True)
     assert not (model_dir / "checkpoints" / "damaged").exists()
+
+
+@pytest.mark.parametrize("text,reason", [("{garbage", "Expecting property name"), ("", "Expecting value"),
+                                         ("[1, 2]", "not a JSON object")])
+def test_a_damaged_config_json_is_one_line_that_says_how_to_mend_it(tmp_path, text, reason):
+    # It was a JSONDecodeError traceback in train.py, evaluate.py, export.py and predict.py.
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(UsageError) as damaged:
+        checkpoints.read_config(str(tmp_path))
+    message = str(damaged.value)
+    assert message.startswith(f"{tmp_path / 'config.json'} is damaged ({reason}") and "\n" not in message
+    assert message.endswith("restore it from a copy, or delete it and rerun scripts/train.py with the run's flags, "
+                            "which writes it again.")
