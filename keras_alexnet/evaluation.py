@@ -12,6 +12,7 @@ under MirroredStrategy a replica whose input has run out receives an empty batch
 does this), which adds zero to every count. Nothing is dropped or counted twice.
 """
 
+import collections
 import math
 import time
 
@@ -20,27 +21,38 @@ import tensorflow as tf
 TOP_K = 5
 
 
-def chance_ceiling(num_classes, num_examples):
+def chance_level(num_classes, majority_share=None):
+    """The held-out top-1 of a model that learned nothing: 1/classes, or, when the held-out
+    labels are known, the largest class's share of them (always answering that class scores it,
+    which on imbalanced data is far above 1/classes)."""
+    return max(1.0 / num_classes, majority_share or 0.0)
+
+
+def chance_ceiling(num_classes, num_examples, majority_share=None):
     """The held-out top-1 at or below which a result is within noise of guessing.
 
-    Chance is 1/classes; a guesser's top-1 over `num_examples` images has a binomial standard
-    deviation sqrt(p (1 - p) / n). The ceiling is chance plus three of those, and at least 1.5x
-    chance, so that on a large held-out set a run a hair above chance does not count as learning.
+    A guesser's top-1 over `num_examples` images, at chance p (`chance_level`), has a binomial
+    standard deviation sqrt(p (1 - p) / n). The ceiling is p plus three of those, and at least
+    1.5/classes, so that on a large held-out set a run a hair above chance does not count as learning.
     """
-    chance = 1.0 / num_classes
+    chance = chance_level(num_classes, majority_share)
     noise = math.sqrt(chance * (1.0 - chance) / max(num_examples, 1))
-    return max(chance + 3.0 * noise, 1.5 * chance)
+    return max(chance + 3.0 * noise, 1.5 / num_classes)
 
 
-def describe_chance(num_classes):
-    """'0.100 for 10 classes': chance, as the messages about a run at chance say it."""
-    return f"{1.0 / num_classes:.3f} for {num_classes} classes"
+def describe_chance(num_classes, majority_share=None):
+    """'0.100 for 10 classes', or '0.900, always answering the largest held-out class (2 classes)':
+    chance, as the messages about a run at chance say it."""
+    chance = chance_level(num_classes, majority_share)
+    if chance > 1.0 / num_classes + 1e-9:
+        return f"{chance:.3f}, always answering the largest held-out class ({num_classes} classes)"
+    return f"{chance:.3f} for {num_classes} classes"
 
 
-def at_chance(top1, num_classes, num_examples):
+def at_chance(top1, num_classes, num_examples, majority_share=None):
     """True when held-out top-1 is within noise of chance (`chance_ceiling`); False when there
     were no held-out images to tell."""
-    return num_examples > 0 and num_classes > 1 and top1 <= chance_ceiling(num_classes, num_examples)
+    return num_examples > 0 and num_classes > 1 and top1 <= chance_ceiling(num_classes, num_examples, majority_share)
 
 
 def model_probabilities(model):
@@ -105,8 +117,9 @@ def evaluate(probabilities_fn, dataset_fn, strategy=None, top_k=TOP_K, log_every
         log_every: print progress every this many steps (0: never).
 
     Returns a dict: num_examples, top1_accuracy, top5_accuracy, top1_error, top5_error (k=5
-    named so whatever the k) and loss (mean -log p(label) of the averaged probabilities),
-    seconds and images_per_sec.
+    named so whatever the k), loss (mean -log p(label) of the averaged probabilities),
+    majority_share (the largest class's share of the labels this worker read: chance for a
+    model that always answers it), seconds and images_per_sec.
     """
     strategy = strategy or tf.distribute.get_strategy()
     dataset = strategy.distribute_datasets_from_function(dataset_fn)
@@ -132,11 +145,14 @@ def evaluate(probabilities_fn, dataset_fn, strategy=None, top_k=TOP_K, log_every
 
     examples = top1 = topk = 0
     loss = 0.0
+    label_counts = collections.Counter()  # this worker's share of the labels (all of them on one machine)
     start = time.perf_counter()
     for index, (images, labels) in enumerate(dataset, start=1):
         counts, batch_loss = step(images, labels)
         n, hits1, hitsk = (int(value) for value in counts.numpy())
         examples, top1, topk, loss = examples + n, top1 + hits1, topk + hitsk, loss + float(batch_loss)
+        for local in strategy.experimental_local_results(labels):
+            label_counts.update(local.numpy().tolist())
         if log_every and index % log_every == 0:
             print(f"step {index}: {examples} images, top-1 error {(examples - top1) / examples:.4f}", flush=True)
     seconds = time.perf_counter() - start
@@ -149,6 +165,7 @@ def evaluate(probabilities_fn, dataset_fn, strategy=None, top_k=TOP_K, log_every
         "top1_error": (examples - top1) / examples,
         "top5_error": (examples - topk) / examples,
         "loss": loss / examples,
+        "majority_share": max(label_counts.values()) / sum(label_counts.values()) if label_counts else None,
         "seconds": seconds,
         "images_per_sec": examples / seconds,
     }

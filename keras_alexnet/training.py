@@ -387,7 +387,7 @@ class _Run:
     def evaluate(self):
         metrics = evaluation.evaluate(evaluation.model_probabilities(self.trainer.model), self.eval_fn, self.strategy)
         return {"loss": metrics["loss"], "top1": metrics["top1_accuracy"], "top5": metrics["top5_accuracy"],
-                "examples": metrics["num_examples"]}
+                "examples": metrics["num_examples"], "majority_share": metrics["majority_share"]}
 
     def end_epoch(self, epoch, means, epoch_start):
         """Evaluate, let the plateau schedule see the error, checkpoint, log and print the epoch;
@@ -395,13 +395,14 @@ class _Run:
         self.trainer.epoch.assign(epoch + 1)
         held_out = self.evaluate()
         dropped = self.config.lr_schedule == "plateau" and self.trainer.plateau.update(
-            1.0 - held_out["top1"], chance_error=1.0 - self.chance.ceiling(held_out["examples"]))
+            1.0 - held_out["top1"], chance_error=1.0 - self.chance.ceiling(held_out["examples"], held_out["majority_share"]))
         _save(self.manager, self.step)
         record = {
             "epoch": epoch + 1, "step": self.step, "learning_rate": self.trainer.learning_rate(),
             "train_loss": means["loss"], "train_top1": means["top1"], "train_top5": means["top5"],
             "val_loss": held_out["loss"], "val_top1": held_out["top1"], "val_top5": held_out["top5"],
-            "val_examples": held_out["examples"], "images_per_sec": means["images_per_sec"],
+            "val_examples": held_out["examples"], "val_majority_share": held_out["majority_share"],
+            "images_per_sec": means["images_per_sec"],
             "seconds": time.perf_counter() - epoch_start,
         }
         self.run_log.epoch(record)
@@ -445,8 +446,9 @@ class _Run:
     def finish(self, result):
         """Whether the run learned, and the export (none for a run at chance unless export_at_chance)."""
         config, info = self.config, self.info
-        result["learned"] = not self.chance.at_chance(result["val_top1"], result["val_examples"])
-        result["num_classes"], result["chance_ceiling"] = info.num_classes, self.chance.ceiling(result["val_examples"])
+        result["learned"] = not self.chance.at_chance(result["val_top1"], result["val_examples"], result["val_majority_share"])
+        result["num_classes"] = info.num_classes
+        result["chance_ceiling"] = self.chance.ceiling(result["val_examples"], result["val_majority_share"])
         if self.chief and config.export_dir and not (result["learned"] or config.export_at_chance):
             self.say(f"nothing exported: held-out top-1 {result['val_top1']:.3f} is within noise of chance, and a model that "
                      "learned nothing must not replace a served one (--export_at_chance exports anyway)")
@@ -478,19 +480,19 @@ class ChanceWatch:
         self.say = say
         self.warned = False
 
-    def ceiling(self, examples):
-        return evaluation.chance_ceiling(self.num_classes, examples)
+    def ceiling(self, examples, majority_share):
+        return evaluation.chance_ceiling(self.num_classes, examples, majority_share)
 
-    def at_chance(self, top1, examples):
-        return evaluation.at_chance(top1, self.num_classes, examples)
+    def at_chance(self, top1, examples, majority_share):
+        return evaluation.at_chance(top1, self.num_classes, examples, majority_share)
 
     def after_epoch(self, epoch, held_out):
         first = max(CHANCE_WARNING_EPOCH, math.ceil(self.config.warmup_epochs))
-        if self.warned or epoch < first or not self.at_chance(held_out["top1"], held_out["examples"]):
+        if self.warned or epoch < first or not self.at_chance(held_out["top1"], held_out["examples"], held_out["majority_share"]):
             return
         self.warned = True
         self.say(f"warning: held-out top-1 {held_out['top1']:.3f} after {epoch} epochs is within noise of chance "
-                 f"({evaluation.describe_chance(self.num_classes)}): the network is not learning. "
+                 f"({evaluation.describe_chance(self.num_classes, held_out['majority_share'])}): the network is not learning. "
                  f"{self.fix()}")
 
     def fix(self):

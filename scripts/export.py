@@ -40,9 +40,10 @@ def warn_if_at_chance(model_dir, config):
     except (FileNotFoundError, IndexError):
         return
     top1, examples, classes = last["val_top1"], last.get("val_examples", 0), int(config["num_classes"])
-    if evaluation.at_chance(top1, classes, examples):
+    majority = last.get("val_majority_share")  # not in the histories of older runs
+    if evaluation.at_chance(top1, classes, examples, majority):
         print(f"warning: the run's last held-out top-1 ({top1:.3f} at epoch {last['epoch']}, {examples} images) is within "
-              f"noise of chance ({evaluation.describe_chance(classes)}): this model learned nothing; exporting it "
+              f"noise of chance ({evaluation.describe_chance(classes, majority)}): this model learned nothing; exporting it "
               "as asked.", file=sys.stderr)
 
 

@@ -111,7 +111,7 @@ def main(argv):
     exported = f"; SavedModel {result['export_path']}" if result.get("export_path") else ""
     if not result["learned"]:
         print(f"did not learn: step {result['step']}, held-out top-1 {result['val_top1']:.4f} is within noise of chance "
-              f"({evaluation.describe_chance(result['num_classes'])}; up to {result['chance_ceiling']:.3f} on "
+              f"({evaluation.describe_chance(result['num_classes'], result['val_majority_share'])}; up to {result['chance_ceiling']:.3f} on "
               f"{result['val_examples']} held-out images){exported or '; nothing exported'}. Exit code {NOT_LEARNED_EXIT_CODE}.")
         sys.exit(NOT_LEARNED_EXIT_CODE)
     print(f"done: step {result['step']}, held-out top-1 {result['val_top1']:.4f} (error {1 - result['val_top1']:.4f}), "

@@ -61,6 +61,20 @@ def test_every_example_counted_once(use_strategy, num_examples, global_batch):
     assert result["top1_error"] == pytest.approx(1 - top1, abs=1e-12)
     assert result["top5_error"] == pytest.approx(1 - top5, abs=1e-12)
     assert result["loss"] == pytest.approx(loss, rel=1e-6)
+    assert result["majority_share"] == np.bincount(labels).max() / num_examples
+
+
+def test_chance_is_the_largest_class_share_when_the_held_out_set_is_imbalanced():
+    # 90 of 100 held-out images in one class: a model that always answers it scores 0.9 and has
+    # learned nothing; against 1/classes alone it passed as learned (and was exported).
+    assert evaluation.at_chance(0.9, 2, 100, majority_share=0.9)
+    assert not evaluation.at_chance(0.9, 2, 100)
+    assert not evaluation.at_chance(0.995, 2, 100, majority_share=0.9)  # 0.9 + 3 x 0.03 = 0.99
+    assert evaluation.chance_ceiling(2, 100, majority_share=0.9) == pytest.approx(0.99)
+    # Balanced, or a share below 1/classes: as before (docs/recipes.md: 15.0% for 10 classes, 1,000 images).
+    assert evaluation.chance_ceiling(10, 1000, majority_share=0.1) == evaluation.chance_ceiling(10, 1000) == pytest.approx(0.15)
+    assert evaluation.describe_chance(10, 0.1) == "0.100 for 10 classes"
+    assert evaluation.describe_chance(2, 0.9) == "0.900, always answering the largest held-out class (2 classes)"
 
 
 def test_replicas_see_uneven_batches_and_none_is_lost():

@@ -405,7 +405,8 @@ def test_a_run_that_does_not_learn_warns_exports_nothing_and_exits_3(tmp_path):
     assert completed.returncode == 3, completed.stderr[-3000:]
     lines = completed.stdout.rstrip().splitlines()
     warnings = [line for line in lines if line.startswith("warning: held-out top-1")]
-    assert len(warnings) == 1 and "after 3 epochs is within noise of chance (0.100 for 10 classes)" in warnings[0]
+    # 16 held-out shapes, at most 2 of a class: chance is 2/16, not 1/10.
+    assert len(warnings) == 1 and "after 3 epochs is within noise of chance (0.125, always answering the largest held-out class (10 classes))" in warnings[0]
     assert "--learning_rate=" in warnings[0] and "--warmup_epochs=" in warnings[0]  # names the flags to change
     assert any(line.startswith("nothing exported: held-out top-1") and "--export_at_chance" in line for line in lines)
     assert lines[-1].startswith("did not learn: step 6, held-out top-1") and lines[-1].endswith("nothing exported. Exit code 3.")
@@ -415,6 +416,27 @@ def test_a_run_that_does_not_learn_warns_exports_nothing_and_exits_3(tmp_path):
                        "--learning_rate=1e-9", "--xla=false", f"--model_dir={tmp_path / 'run'}", f"--export_dir={export_base}",
                        "--export_at_chance")
     assert again.returncode == 3 and (export_base / "1" / "saved_model.pb").exists(), again.stderr[-3000:]
+
+
+def test_a_run_that_only_learned_the_largest_class_is_not_exported(tmp_path):
+    # Every image the same grey, 90% of them in one class: the best a network can do is always
+    # answer that class, 0.9 held-out top-1 for nothing learned. It used to count as learned
+    # (above 1/classes) and be exported over a served model.
+    grey = tf.io.encode_jpeg(tf.fill([40, 40, 3], tf.constant(128, tf.uint8))).numpy()
+    for split, counts in {"train": {"common": 90, "rare": 10}, "val": {"common": 90, "rare": 10}}.items():
+        for name, count in counts.items():
+            (tmp_path / "photos" / split / name).mkdir(parents=True)
+            for i in range(count):
+                (tmp_path / "photos" / split / name / f"{i}.jpg").write_bytes(grey)
+    config = TrainConfig(dataset=f"folder:{tmp_path / 'photos'}", image_size=SIZE, batch_size=20, epochs=3, optimizer="adam",
+                         learning_rate=1e-3, warmup_epochs=0, precision="float32", xla=False, model_dir=str(tmp_path / "run"),
+                         export_dir=str(tmp_path / "export"), strategy="default")
+    out = io.StringIO()
+    result = train(config, stream=out)
+    assert result["val_top1"] == pytest.approx(0.9) and result["val_majority_share"] == pytest.approx(0.9)
+    assert not result["learned"] and "export_path" not in result and not (tmp_path / "export").exists()
+    assert "nothing exported: held-out top-1 0.900 is within noise of chance" in out.getvalue()
+    assert "0.900, always answering the largest held-out class (2 classes)" in out.getvalue()  # the epoch-3 warning
 
 
 def wait_for_checkpoint(model_dir, process, timeout=240):
