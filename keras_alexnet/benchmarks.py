@@ -31,7 +31,7 @@ from keras_alexnet import augment, data, distribute, export, recipes, run_config
 from keras_alexnet.errors import UsageError
 from keras_alexnet.layers import TwoColumnConv2D
 from keras_alexnet.model import build, layer_flops, model_flops
-from keras_alexnet.sources import folder
+from keras_alexnet import image_folder
 
 
 def write_jpeg_folder(root, num_images=200, width=500, height=375, num_classes=2, seed=0, quality=90):
@@ -141,7 +141,7 @@ def input_benchmark(*, image_dir=None, dataset=None, num_images=200, width=500, 
         pipeline = data.make_dataset(dataset or f"folder:{image_dir}", "train", image_size=image_size, batch_size=batch_size,
                                      training=True, seed=seed, augmentation=augmentation, image_dtype=image_dtype)
         pipeline = pipeline.with_options(_threading(threads))
-        paths = list(folder.folder_files(image_dir, "train")[0])
+        paths = list(image_folder.folder_files(image_dir, "train")[0])
         decode = _plain_decode_dataset(paths, batch_size, threads)
         step_datasets = _step_datasets(paths, image_size, batch_size, threads, augmentation, seed) if steps else {}
         results = []

@@ -42,6 +42,7 @@ import time
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from keras_alexnet import image_folder
 from keras_alexnet.errors import UsageError
 
 SIZE = 256  # §2
@@ -115,12 +116,10 @@ def list_folder(root, synset_names=None):
     with the same classes and the same split. Every file is listed (one that is not an image is
     skipped and listed when it fails to decode).
     """
-    from keras_alexnet.sources import folder  # here: it imports TensorFlow, which the rest of this module does late
-
-    classes = list(folder.class_names(root))
+    classes = list(image_folder.class_names(root))
     splits = {}
     for split in ("train", "validation"):
-        paths, labels = folder.folder_files(root, split)
+        paths, labels = image_folder.folder_files(root, split)
         splits[split] = [Example(path, os.path.basename(path), label) for path, label in zip(paths, labels)]
     return Plan(classes, _texts(classes, synset_names), splits)
 

@@ -27,7 +27,7 @@ flags.DEFINE_string("checkpoint", None, "A checkpoint path prefix in --model_dir
 
 FLAGS = flags.FLAGS
 # What a folder argument expands to: the formats the serving signature decodes, the same list as
-# keras_alexnet.sources.folder.IMAGE_EXTENSIONS (a test checks); importing it would load
+# keras_alexnet.image_folder.IMAGE_EXTENSIONS (a test checks); importing it would load
 # TensorFlow before the usage errors are answered.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 

@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_alexnet import augment, data, shapes
-from keras_alexnet.sources import folder
+from keras_alexnet import image_folder as folder_layout  # the fixture below is called image_folder
 from keras_alexnet.errors import UsageError
 from test_readme import python_blocks
 
@@ -204,8 +204,8 @@ def _flat_folder(root, per_class=11):
 
 
 def _clear_folder_caches():
-    folder.class_names.cache_clear()
-    folder.folder_files.cache_clear()
+    folder_layout.class_names.cache_clear()
+    folder_layout.folder_files.cache_clear()
 
 
 def test_a_flat_folder_holds_out_a_fifth_of_each_class_chosen_by_file_name(tmp_path):
@@ -227,14 +227,14 @@ def test_a_flat_folder_holds_out_a_fifth_of_each_class_chosen_by_file_name(tmp_p
     assert not splits["train"] & splits["validation"]
     assert splits["train"] | splits["validation"] == set(expected)
     # Adding a file moves no other: a held-out image never turns into a training one.
-    before = {split: set(folder.folder_files(str(root), split)[0]) for split in ("train", "validation")}
+    before = {split: set(folder_layout.folder_files(str(root), split)[0]) for split in ("train", "validation")}
     (root / "cat" / "img_999.jpg").write_bytes(_encode(_grey(0)))
     _clear_folder_caches()
     for split in ("train", "validation"):
-        assert before[split] <= set(folder.folder_files(str(root), split)[0])
+        assert before[split] <= set(folder_layout.folder_files(str(root), split)[0])
     # About a fifth of any names, whatever they look like.
     names = [f"class_{c}/IMG_{i:05d}.JPG" for c in range(3) for i in range(3000)]
-    assert 0.18 < sum(map(folder.is_held_out, names)) / len(names) < 0.22
+    assert 0.18 < sum(map(folder_layout.is_held_out, names)) / len(names) < 0.22
 
 
 def test_a_train_folder_without_val_is_refused_before_training(tmp_path):
@@ -250,7 +250,7 @@ def test_a_train_folder_without_val_is_refused_before_training(tmp_path):
 def test_a_flat_class_whose_every_file_is_held_out_is_refused(tmp_path):
     root = tmp_path / "flat"
     _flat_folder(root)
-    held_out_name = next(f"x{i}.jpg" for i in range(1000) if folder.is_held_out(f"tiny/x{i}.jpg"))
+    held_out_name = next(f"x{i}.jpg" for i in range(1000) if folder_layout.is_held_out(f"tiny/x{i}.jpg"))
     (root / "tiny").mkdir()
     (root / "tiny" / held_out_name).write_bytes(_encode(_grey(1)))
     with pytest.raises(UsageError, match=f"^class folder {root}/tiny has too few files to hold out 20% and train on the rest"):

@@ -20,7 +20,8 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_alexnet import augment, data, prepare
-from keras_alexnet.sources import folder, tfrecord
+from keras_alexnet import image_folder
+from keras_alexnet.sources import tfrecord
 from keras_alexnet.errors import UsageError
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "scripts", "prepare_data.py")
@@ -140,7 +141,7 @@ def test_a_flat_folder_is_planned_with_the_training_runs_split(tmp_path):
     names = {split: {(e.name, e.label) for e in plan.splits[split]} for split in ("train", "validation")}
     assert not names["train"] & names["validation"] and len(names["train"] | names["validation"]) == 8 * len(CLASSES)
     assert names["validation"] == {(f"{n}_train_{i}.jpg", sorted(CLASSES).index(n)) for n in CLASSES for i in range(8)
-                                   if folder.is_held_out(f"{n}/{n}_train_{i}.jpg")}
+                                   if image_folder.is_held_out(f"{n}/{n}_train_{i}.jpg")}
 
 
 def test_the_training_mean_is_stored_and_used_with_mean_channel(prepared):

@@ -19,7 +19,7 @@ import tensorflow as tf
 
 import keras_alexnet
 from keras_alexnet import augment, checkpoints, data, export, shapes
-from keras_alexnet.sources import folder
+from keras_alexnet import image_folder
 
 import graphs  # tests/graphs.py
 
@@ -236,7 +236,7 @@ def script_literals(script):
 
 
 def test_the_scripts_copies_of_library_lists_match_the_library():
-    assert script_literals("predict.py")["IMAGE_EXTENSIONS"] == folder.IMAGE_EXTENSIONS
+    assert script_literals("predict.py")["IMAGE_EXTENSIONS"] == image_folder.IMAGE_EXTENSIONS
     assert script_literals("export.py")["--precision"] == export.EXPORT_PRECISIONS
 
 

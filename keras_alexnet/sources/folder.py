@@ -1,27 +1,14 @@
-"""`folder:PATH`: an image folder in one of two layouts, JPEG, PNG, GIF, BMP, WebP, classes sorted by name.
+"""`folder:PATH`: an image folder in either layout of keras_alexnet.image_folder (PATH/<class>/*,
+a fifth of each class held out by file name; or PATH/train/<class>/* and PATH/val/<class>/*);
+JPEG, PNG, GIF, BMP, WebP; classes sorted by name."""
 
-- PATH/train/<class>/* and PATH/val/<class>/* (or PATH/validation/...): the ImageNet /
-  ImageFolder layout, the held-out images chosen by whoever made the folders.
-- PATH/<class>/*: the layout of `keras.utils.image_dataset_from_directory`. HELD_OUT_PERCENT of
-  each class is held out, chosen by a hash of the file's path inside PATH, so every run, the
-  evaluation and `scripts/prepare_data.py` agree on it, and a file added later never moves a
-  held-out image into training.
-"""
-
-import functools
-import hashlib
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet.errors import UsageError
+from keras_alexnet.image_folder import HELD_OUT_PERCENT, class_names, folder_files, is_flat
 from keras_alexnet.sources.common import SPLITS, DatasetInfo, pipeline_share
-
-# What tf.io.decode_image reads; scripts/predict.py keeps the same list (a test checks).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
-HELD_OUT_PERCENT = 20
-LAYOUT = "PATH/<class>/*.jpg, or PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg"
 
 
 class Folder:
@@ -52,84 +39,3 @@ class Folder:
         if training:
             records = records.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         return records, lambda path, label: (tf.io.read_file(path), label)
-
-
-def _split_dir(root, split):
-    names = ("train",) if split == "train" else ("val", "validation")
-    for name in names:
-        path = os.path.join(root, name)
-        if os.path.isdir(path):
-            return path
-    return None
-
-
-def is_flat(root):
-    """Whether root holds its class folders directly (no train/, val/ or validation/)."""
-    return _split_dir(root, "train") is None and _split_dir(root, "validation") is None
-
-
-def _layout(root):
-    return LAYOUT.replace("PATH", root)
-
-
-@functools.lru_cache(maxsize=8)
-def class_names(root):
-    """The class folder names under root's train/ (or val/, or root itself), sorted; UsageErrors
-    name the layouts."""
-    if not os.path.isdir(root):
-        raise UsageError(f"data directory {root} does not exist; expected {_layout(root)}")
-    source = _split_dir(root, "train") or _split_dir(root, "validation") or root
-    classes = sorted(entry.name for entry in os.scandir(source) if entry.is_dir() and not entry.name.startswith("."))
-    if not classes:
-        raise UsageError(f"{source} has no class folders; expected {_layout(root)}")
-    if len(classes) == 1:  # it trains to 100% and says "done": a classifier of nothing
-        raise UsageError(f"{source} has one class folder ({classes[0]}); a classifier needs two or more: "
-                         f"give each class its own folder, {source}/<class>/*.jpg")
-    return tuple(classes)
-
-
-def is_held_out(relative_path):
-    """Whether a file of a flat folder is held out: HELD_OUT_PERCENT% of paths, by their MD5."""
-    digest = hashlib.md5(relative_path.replace(os.sep, "/").encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % 100 < HELD_OUT_PERCENT
-
-
-@functools.lru_cache(maxsize=8)
-def folder_files(root, split):
-    """(paths, labels) of one split, sorted by class then file name."""
-    if not is_flat(root):
-        split_dir = _split_dir(root, split)
-        if split_dir is None:
-            have, need = ("val", "train") if split == "train" else ("train", "val")
-            raise UsageError(f"{root} has {have}/ but no {need}/ folder: add {root}/{need}/<class>/*.jpg, or move "
-                             f"the class folders up into {root} to hold out {HELD_OUT_PERCENT}% of each")
-        return _class_files(root, split_dir)
-    paths, labels = _class_files(root, root)
-    held_out = [is_held_out(os.path.relpath(path, root)) for path in paths]
-    for label, name in enumerate(class_names(root)):
-        if all(h for h, y in zip(held_out, labels) if y == label):
-            raise UsageError(f"class folder {os.path.join(root, name)} has too few files to hold out "
-                             f"{HELD_OUT_PERCENT}% and train on the rest: add images, or make "
-                             f"{root}/train/ and {root}/val/ yourself")
-    keep = [h == (split == "validation") for h in held_out]
-    return (tuple(p for p, k in zip(paths, keep) if k), tuple(y for y, k in zip(labels, keep) if k))
-
-
-def _class_files(root, split_dir):
-    """(paths, labels) of every file in split_dir's class folders, sorted by class then file name."""
-    index = {name: i for i, name in enumerate(class_names(root))}
-    paths, labels = [], []
-    for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        if entry.name not in index:
-            raise UsageError(f"class folder {entry.path} is not among the train classes in {root}/train")
-        files = sorted(f.path for f in os.scandir(entry.path) if f.is_file() and not f.name.startswith("."))
-        if not any(path.lower().endswith(IMAGE_EXTENSIONS) for path in files):
-            raise UsageError(f"class folder {entry.path} has no images; expected {entry.path}/*.jpg (or .png)")
-        # Every file is kept: a non-image is skipped and counted at decode time, never silently.
-        paths.extend(files)
-        labels.extend([index[entry.name]] * len(files))
-    if not paths:
-        raise UsageError(f"{split_dir} has no class folders with images; expected {split_dir}/<class>/*.jpg")
-    return tuple(paths), tuple(labels)
