@@ -49,10 +49,16 @@ def describe_chance(num_classes, majority_share=None):
     return f"{chance:.3f} for {num_classes} classes"
 
 
+def can_tell(num_classes, num_examples, majority_share=None):
+    """Whether the held-out set is large enough to tell learning from chance: some top-1 (at
+    most 1.0) lies above `chance_ceiling`. Two balanced classes need 10 held-out images."""
+    return num_examples > 0 and num_classes > 1 and chance_ceiling(num_classes, num_examples, majority_share) < 1.0
+
+
 def at_chance(top1, num_classes, num_examples, majority_share=None):
     """True when held-out top-1 is within noise of chance (`chance_ceiling`); False when there
-    were no held-out images to tell."""
-    return num_examples > 0 and num_classes > 1 and top1 <= chance_ceiling(num_classes, num_examples, majority_share)
+    were too few held-out images to tell (`can_tell`): even 100% would be within noise there."""
+    return can_tell(num_classes, num_examples, majority_share) and top1 <= chance_ceiling(num_classes, num_examples, majority_share)
 
 
 def model_probabilities(model):

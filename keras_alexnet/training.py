@@ -479,6 +479,7 @@ class ChanceWatch:
         self.config = config
         self.say = say
         self.warned = False
+        self.told_small = False  # the held-out set is too small to tell (said once)
 
     def ceiling(self, examples, majority_share):
         return evaluation.chance_ceiling(self.num_classes, examples, majority_share)
@@ -487,6 +488,11 @@ class ChanceWatch:
         return evaluation.at_chance(top1, self.num_classes, examples, majority_share)
 
     def after_epoch(self, epoch, held_out):
+        if not self.told_small and not evaluation.can_tell(self.num_classes, held_out["examples"], held_out["majority_share"]):
+            self.told_small = True
+            self.say(f"warning: {held_out['examples']} held-out images are too few to tell learning from chance "
+                     f"({evaluation.describe_chance(self.num_classes, held_out['majority_share'])}): even 100% top-1 would be "
+                     "within noise, so this run cannot tell a model that learned nothing; add held-out images")
         first = max(CHANCE_WARNING_EPOCH, math.ceil(self.config.warmup_epochs))
         if self.warned or epoch < first or not self.at_chance(held_out["top1"], held_out["examples"], held_out["majority_share"]):
             return

@@ -77,6 +77,15 @@ def test_chance_is_the_largest_class_share_when_the_held_out_set_is_imbalanced()
     assert evaluation.describe_chance(2, 0.9) == "0.900, always answering the largest held-out class (2 classes)"
 
 
+def test_a_held_out_set_too_small_to_tell_is_never_called_at_chance():
+    # 8 held-out images, 5 of one class: even 8 of 8 right is within three standard deviations of
+    # 0.625, and a perfect run ended "did not learn", exporting nothing.
+    assert not evaluation.can_tell(2, 8, majority_share=0.625)
+    assert not evaluation.at_chance(1.0, 2, 8, majority_share=0.625) and not evaluation.at_chance(0.5, 2, 8)
+    assert not evaluation.can_tell(2, 9) and evaluation.can_tell(2, 10)  # 0.5 + 3 x sqrt(0.25 / 10) = 0.97
+    assert evaluation.at_chance(0.6, 2, 10) and not evaluation.at_chance(0.98, 2, 10)
+
+
 def test_replicas_see_uneven_batches_and_none_is_lost():
     # 5 examples, 2 replicas, 2 per replica: steps of [2, 2] and [1, 0] examples.
     seen = []

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_alexnet import checkpoints, distribute, recipes, run_config
+from keras_alexnet import checkpoints, distribute, recipes, run_config, training
 from keras_alexnet.errors import UsageError
 from keras_alexnet.training import Trainer, TrainConfig, TrainingDiverged, check_config, train
 
@@ -437,6 +437,17 @@ def test_a_run_that_only_learned_the_largest_class_is_not_exported(tmp_path):
     assert not result["learned"] and "export_path" not in result and not (tmp_path / "export").exists()
     assert "nothing exported: held-out top-1 0.900 is within noise of chance" in out.getvalue()
     assert "0.900, always answering the largest held-out class (2 classes)" in out.getvalue()  # the epoch-3 warning
+
+
+def test_a_held_out_set_too_small_to_tell_is_said_once_and_blocks_nothing():
+    said = []
+    watch = training.ChanceWatch(2, TrainConfig(warmup_epochs=0.0), said.append)
+    for epoch in (1, 2, 3):
+        watch.after_epoch(epoch, {"top1": 1.0, "examples": 8, "majority_share": 0.625})
+    assert said == ["warning: 8 held-out images are too few to tell learning from chance (0.625, always answering the "
+                    "largest held-out class (2 classes)): even 100% top-1 would be within noise, so this run cannot "
+                    "tell a model that learned nothing; add held-out images"]
+    assert not watch.at_chance(1.0, 8, 0.625)
 
 
 def wait_for_checkpoint(model_dir, process, timeout=240):
