@@ -12,7 +12,7 @@ import os
 
 import tensorflow as tf
 
-from keras_alexnet import checkpoints, distribute, finetune, optimization, recipes
+from keras_alexnet import checkpoints, distribute, finetune, image_folder, optimization, recipes, run_lease
 from keras_alexnet.errors import UsageError, first_line
 from keras_alexnet.model import INITS, VARIANTS, min_input_size
 
@@ -118,9 +118,43 @@ def check_config(config):
 def check_output_folders(config):
     """The folders a run writes, checked after its flags and its data (training.train), so that a
     refused run leaves no empty --model_dir behind."""
+    for path, flag in ((config.model_dir, "--model_dir"), (config.export_dir, "--export_dir")):
+        if path:
+            check_outside_data(path, flag, config.dataset)
+    check_holds_no_other_files(config.model_dir)
     if config.export_dir:  # first: it creates nothing
         check_creatable(config.export_dir, "--export_dir")
     check_writable(config.model_dir, "--model_dir")
+
+
+# What a run writes into --model_dir first: a folder holding none of them is not a run's.
+RUN_MARKERS = (checkpoints.CONFIG_FILE, checkpoints.CHECKPOINT_DIR, checkpoints.HISTORY_FILE, run_lease.LEASE_FILE)
+
+
+def check_holds_no_other_files(model_dir):
+    """A --model_dir that exists, is not empty and holds no run (a home folder, a dataset, a
+    project) is refused: a run's checkpoints and logs would mix with what is there."""
+    if "://" in model_dir or not os.path.isdir(model_dir):
+        return
+    entries = sorted(name for name in os.listdir(model_dir) if not name.startswith("."))
+    if entries and not any(marker in entries for marker in RUN_MARKERS):
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise UsageError(f"--model_dir={model_dir} holds other files ({shown}) and no training run: choose a new or "
+                         "empty folder, so that the run's checkpoints and logs do not mix with them.")
+
+
+def check_outside_data(path, flag, dataset):
+    """An output folder where a `folder:` dataset's images are read (the dataset folder itself
+    when it holds its class folders directly, else its train/ and val/) would be read back by the
+    next run as a class, or its files as images."""
+    if not dataset.startswith("folder:") or "://" in path:
+        return
+    root = os.path.realpath(os.path.expanduser(dataset[len("folder:"):]))
+    target = os.path.realpath(os.path.expanduser(path))
+    read = [root] if image_folder.is_flat(root) else [os.path.join(root, name) for name in ("train", "val", "validation")]
+    if any(os.path.commonpath([folder, target]) == folder for folder in read):
+        raise UsageError(f"{flag}={path} is inside the dataset folder {root}: the next run would read its files as "
+                         f"images of a class; put it outside, e.g. {os.path.join(os.path.dirname(root), flag.lstrip('-'))}.")
 
 
 def check_creatable(path, flag):

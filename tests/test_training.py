@@ -306,6 +306,37 @@ def test_a_run_refused_for_its_data_creates_no_folder(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_output_folder_among_other_files_or_where_the_data_is_read_is_refused(tmp_path):
+    # --model_dir ~/photos (the data itself) mixed the run's files with the images, and the next
+    # run read checkpoints/ and logs/ as two more classes.
+    jpeg = tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)).numpy()
+    photos = tmp_path / "photos"
+    for name in ("cat", "dog"):
+        (photos / name).mkdir(parents=True)
+        (photos / name / "0.jpg").write_bytes(jpeg)
+    flat = dict(dataset=f"folder:{photos}", export_dir=None)
+    with pytest.raises(UsageError, match=f"^--model_dir={photos / 'run'} is inside the dataset folder {photos}: the next "
+                                         f"run would read its files as images of a class; put it outside, e.g. {tmp_path / 'model_dir'}"):
+        run_config.check_output_folders(TrainConfig(**flat, model_dir=str(photos / "run")))
+    with pytest.raises(UsageError, match=f"^--export_dir={photos / 'cat' / 'out'} is inside the dataset folder"):
+        run_config.check_output_folders(TrainConfig(**{**flat, "export_dir": str(photos / "cat" / "out")},
+                                                    model_dir=str(tmp_path / "run")))
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match=rf"^--model_dir={tmp_path} holds other files \(notes.txt, photos\) and no training run"):
+        run_config.check_output_folders(TrainConfig(**flat, model_dir=str(tmp_path)))
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt", "photos"]  # nothing created by a refusal
+    # A new folder, a run's own folder with notes beside the run, and a folder beside train/ and val/ pass.
+    run_config.check_output_folders(TrainConfig(**flat, model_dir=str(tmp_path / "run")))
+    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    run_config.check_output_folders(TrainConfig(**flat, model_dir=str(tmp_path / "run")))
+    (photos / "train").mkdir()
+    for name in ("cat", "dog"):
+        os.rename(photos / name, photos / "train" / name)
+    (photos / "val").mkdir()
+    run_config.check_output_folders(TrainConfig(dataset=f"folder:{photos}", export_dir=None, model_dir=str(photos / "runs")))
+
+
 def test_an_export_that_fails_at_the_end_is_one_line_that_names_the_checkpoints(tmp_path, monkeypatch):
     # The export folder was checked at the start; a disk that fills or a folder made read-only
     # during the run still fails the export, after training: one line, the checkpoints intact.
