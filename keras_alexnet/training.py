@@ -343,8 +343,8 @@ class _Run:
         self.say(f"recipe {config.recipe} ({config.recipe_reason}): {config.optimizer}, warm-up {config.warmup_epochs:g} "
                  f"epoch{'s' if config.warmup_epochs != 1 else ''}, weight decay {config.weight_decay:g}, dropout {config.dropout:g}; "
                  "flags given win")
-        if info.split_note:
-            self.say(info.split_note)
+        for note in info.notes:
+            self.say(note)
         if config.precision == "mixed_float16" and distribute.device_kind() == "cpu":
             self.say("warning: mixed_float16 on a CPU is slower than float32 (CPUs have no float16 arithmetic units; "
                      "docs/performance.md): leave --precision unset for float32, or use --precision mixed_bfloat16 on a "

@@ -217,7 +217,7 @@ def test_a_flat_folder_holds_out_a_fifth_of_each_class_chosen_by_file_name(tmp_p
     assert info.class_names == ["cat", "dog"]
     assert info.num_examples["train"] + info.num_examples["validation"] == 22
     assert info.num_examples["validation"] >= 1 and info.num_examples["train"] >= 12
-    assert info.split_note.startswith(f"held out: 20% of each class folder of {root}")
+    assert len(info.notes) == 1 and info.notes[0].startswith(f"held out: 20% of each class folder of {root}")
     splits = {}
     for split in ("train", "validation"):
         ids, labels = _collect(data.make_dataset(f"folder:{root}", split, image_size=67, batch_size=4,

@@ -468,6 +468,7 @@ def test_a_run_that_only_learned_the_largest_class_is_not_exported(tmp_path):
     assert not result["learned"] and "export_path" not in result and not (tmp_path / "export").exists()
     assert "nothing exported: held-out top-1 0.900 is within noise of chance" in out.getvalue()
     assert "0.900, always answering the largest held-out class (2 classes)" in out.getvalue()  # the epoch-3 warning
+    assert "note: the classes are imbalanced: common has 90 training images, rare 10; always answering common" in out.getvalue()
 
 
 def test_a_held_out_set_too_small_to_tell_is_said_once_and_blocks_nothing():

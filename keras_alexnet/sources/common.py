@@ -19,7 +19,8 @@ class DatasetInfo:
     class_names: list
     num_examples: dict  # split -> number of examples
     mean_rgb: list = None  # the per-channel mean the pipeline subtracts, when not the ImageNet mean
-    split_note: str = None  # how the held-out images were chosen, when the source chose them
+    notes: list = dataclasses.field(default_factory=list)  # lines for the run's header: how the held-out
+    # images were chosen, when the source chose them; classes far apart in size
 
 
 def parse_options(text, spec, allowed):

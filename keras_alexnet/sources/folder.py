@@ -25,11 +25,14 @@ class Folder:
         """Class names and examples per split. A train/ folder without a val/ beside it is refused
         here, before a training run spends an epoch to find it out."""
         counts = {split: len(folder_files(self.root, split)[0]) for split in SPLITS}
-        note = None
+        notes = []
         if is_flat(self.root):
-            note = (f"held out: {HELD_OUT_PERCENT}% of each class folder of {self.root}, chosen by file name "
-                    f"(the same files every run); make {self.root}/train/ and {self.root}/val/ to choose them yourself")
-        return DatasetInfo(self.spec, self.num_classes, list(self.class_names), counts, split_note=note)
+            notes.append(f"held out: {HELD_OUT_PERCENT}% of each class folder of {self.root}, chosen by file name "
+                         f"(the same files every run); make {self.root}/train/ and {self.root}/val/ to choose them yourself")
+        imbalance = _imbalance_note(self.class_names, folder_files(self.root, "train")[1])
+        if imbalance:
+            notes.append(imbalance)
+        return DatasetInfo(self.spec, self.num_classes, list(self.class_names), counts, notes=notes)
 
     def records(self, split, training, input_context, seed, shuffle_buffer):
         paths, labels = folder_files(self.root, split)
@@ -39,3 +42,20 @@ class Folder:
         if training:
             records = records.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         return records, lambda path, label: (tf.io.read_file(path), label)
+
+
+# Classes this many times apart in training images are named in the run's header.
+IMBALANCE_RATIO = 3
+
+
+def _imbalance_note(names, labels):
+    """One line naming the largest and the smallest class when they are IMBALANCE_RATIO or more
+    apart: a network can then score the largest class's share by answering it always, which is
+    what a run's "learned" is measured against (evaluation.chance_level)."""
+    counts = np.bincount(np.array(labels, np.int64), minlength=len(names))
+    largest, smallest = int(np.argmax(counts)), int(np.argmin(counts))
+    if counts[largest] < IMBALANCE_RATIO * counts[smallest]:
+        return None
+    return (f"note: the classes are imbalanced: {names[largest]} has {counts[largest]} training images, "
+            f"{names[smallest]} {counts[smallest]}; always answering {names[largest]} scores its share of the held-out "
+            "images, and the run counts as learned only above that")
