@@ -111,8 +111,12 @@ def check_config(config):
         raise UsageError(f"--warmup_epochs={config.warmup_epochs:g} must not be negative.")
     if config.epochs is not None:
         check_warmup(config.warmup_epochs, config.epochs)
-    if (config.weight_decay or 0.0) < 0 or config.momentum < 0:
-        raise UsageError("--weight_decay and --momentum must not be negative.")
+    if (config.weight_decay or 0.0) < 0:
+        raise UsageError(f"--weight_decay={config.weight_decay:g} must not be negative.")
+    if not 0.0 <= config.momentum < 1.0:  # SGD's momentum, Adam's beta_1: 1 or more never forgets, or grows
+        raise UsageError(f"--momentum={config.momentum:g} must be in [0, 1): the paper's is 0.9.")
+    if not 0 <= config.seed < 2**32:  # what keras.utils.set_random_seed (NumPy's legacy seeding) takes
+        raise UsageError(f"--seed={config.seed} must be in 0..{2**32 - 1}.")
 
 
 def check_output_folders(config):

@@ -283,6 +283,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         ({"batch_size": 0}, "--batch_size=0"),
         ({"log_steps": 0}, "--log_steps=0"),
         ({"warmup_epochs": -1.0}, "--warmup_epochs=-1 must not be negative"),
+        ({"momentum": 1.5}, "--momentum=1.5 must be in [0, 1)"),  # a Keras ValueError traceback before
+        ({"seed": -1}, "--seed=-1 must be in 0..4294967295"),  # NumPy's ValueError traceback before
+        ({"weight_decay": -1e-4}, "--weight_decay=-0.0001 must not be negative"),
         ({"export_dir": "/proc/version/saved"}, "--export_dir=/proc/version/saved cannot be created: /proc/version is a file"),
         ({"warmup_epochs": 20.0, "epochs": 2}, "--warmup_epochs=20 is not below --epochs=2: the rate would never reach"),
         ({"model_dir": "/proc/alexnet"}, "--model_dir=/proc/alexnet is not writable"),
@@ -290,7 +293,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 )
 def test_bad_config_is_refused_before_any_work(changes, message):
     config = TrainConfig(**{**TINY, **changes})
-    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("'", "'")):
+    with pytest.raises(UsageError, match=re.escape(message)):
         check_config(config)
         run_config.check_output_folders(config)
 
