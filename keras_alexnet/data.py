@@ -267,6 +267,20 @@ def make_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def check_readable(spec, image_size, data_dir=None, manual_dir=None):
+    """A UsageError when no example of the training or the held-out split can be read and
+    decoded: training skips bad images and repeats its data, so it would wait forever for a first
+    batch. Reads each split up to its first good example (one, when the data are fine)."""
+    for split in ("train", "validation"):
+        before = BAD_IMAGES.count
+        dataset = make_dataset(spec, split, image_size=image_size, batch_size=1, training=False,
+                               data_dir=data_dir, manual_dir=manual_dir)
+        if next(iter(dataset.take(1)), None) is None:
+            first = BAD_IMAGES.first_names[0] if BAD_IMAGES.first_names else "?"
+            raise UsageError(f"none of the {BAD_IMAGES.count - before} {split} examples of --dataset={spec} could be read "
+                             f"and decoded as an image (the first: {first}): give JPEG, PNG, GIF, BMP or WebP files.")
+
+
 def _check_dataset_arguments(training, batch_size, augmentation, crops, mean_image, image_dtype):
     if augmentation not in augment.AUGMENTATIONS:
         raise UsageError(f"unknown augmentation {augmentation!r}; expected one of {', '.join(augment.AUGMENTATIONS)}")

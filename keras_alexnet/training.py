@@ -207,6 +207,7 @@ def train(config, strategy=None, stream=None):
     info = data.dataset_info(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)
     pretrained = finetune.read(config.weights) if config.weights else None
     config = resolve(start_from(config, pretrained, info), strategy, info)
+    data.check_readable(config.dataset, config.image_size, data_dir=config.data_dir, manual_dir=config.manual_dir)
     run_config.check_output_folders(config)
     check_resume(config, info.num_classes)
     if config.deterministic:

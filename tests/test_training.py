@@ -375,6 +375,25 @@ def run_script(*args, env=None, **kwargs):
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}, timeout=300, **kwargs)
 
 
+def test_data_of_which_no_image_decodes_is_one_error_line_not_a_run_that_waits_forever(tmp_path):
+    # The training pipeline skips bad images and repeats: with none good it never made a batch,
+    # and the run waited for ever (it ignored even SIGTERM, its step never ending).
+    for name in ("a", "b"):
+        (tmp_path / "junk" / name).mkdir(parents=True)
+        for i in range(6):
+            (tmp_path / "junk" / name / f"{i}.jpg").write_text("not an image")
+    completed = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), f"--dataset=folder:{tmp_path / 'junk'}",
+                                f"--image_size={SIZE}", "--batch_size=2", "--epochs=1", f"--model_dir={tmp_path / 'run'}",
+                                "--export_dir="], capture_output=True, text=True, timeout=120,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert completed.returncode == 2, completed.stderr[-2000:]
+    last = completed.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"error: none of the \d+ train examples of --dataset=folder:{tmp_path / 'junk'} could be read and "
+                        rf"decoded as an image \(the first: {tmp_path / 'junk'}/a/\d\.jpg\): give JPEG, PNG, GIF, BMP or WebP files\.",
+                        last), last
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_training_run_prints_no_tensorflow_warnings(tmp_path):
     # With the script's own log level (C++ INFO hidden, warnings shown), a plain run under XLA
     # logs nothing of TensorFlow's: no "W0000 ..." lines from its C++ runtime (an Assert op XLA
