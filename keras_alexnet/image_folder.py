@@ -46,7 +46,8 @@ def class_names(root):
     """The class folder names under root's train/ (or val/, or root itself), sorted; UsageErrors
     name the layouts."""
     if not os.path.isdir(root):
-        raise UsageError(f"data directory {root} does not exist; expected {_layout(root)}")
+        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+        raise UsageError(f"data directory {root} {what}; expected {_layout(root)}")
     source = _split_dir(root, "train") or _split_dir(root, "validation") or root
     classes = sorted(entry.name for entry in os.scandir(source) if entry.is_dir() and not entry.name.startswith("."))
     if not classes:

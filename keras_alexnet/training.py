@@ -28,6 +28,7 @@ from tensorflow.python.framework.ops import _gradient_registry as _GRADIENT_REGI
 from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, finetune, optimization, run_config, run_lease
 from keras_alexnet.errors import UsageError, first_line
 from keras_alexnet.logs import Progress, RunLog
+from keras_alexnet.model import min_input_size
 from keras_alexnet.run_config import TrainConfig, check_config, check_resume, resolve, start_from  # noqa: F401 (TrainConfig: importable from here too)
 
 class TrainingDiverged(RuntimeError):
@@ -205,9 +206,10 @@ def train(config, strategy=None, stream=None):
     if strategy is None:
         strategy = distribute.get_strategy(config.strategy, tpu=config.tpu, num_gpus=config.num_gpus)
     info = data.dataset_info(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)
+    # Both splits must hold an image that decodes; any input size tells (the run's is not chosen yet).
+    data.check_readable(config.dataset, min_input_size(), data_dir=config.data_dir, manual_dir=config.manual_dir)
     pretrained = finetune.read(config.weights) if config.weights else None
     config = resolve(start_from(config, pretrained, info), strategy, info)
-    data.check_readable(config.dataset, config.image_size, data_dir=config.data_dir, manual_dir=config.manual_dir)
     run_config.check_output_folders(config)
     check_resume(config, info.num_classes)
     if config.deterministic:

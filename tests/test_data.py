@@ -394,6 +394,7 @@ def test_bad_images_never_stop_training(bad_folder):
 def test_user_errors_are_one_line_and_name_the_path(tmp_path):
     cases = {
         f"folder:{tmp_path}/missing": "does not exist",
+        f"folder:{__file__}": "is a file, not a folder",
         f"folder:{tmp_path}": "has no class folders; expected",
         "imagenet": "unknown dataset",
         "folder:": "unknown dataset",

@@ -307,6 +307,10 @@ def test_a_run_refused_for_its_data_creates_no_folder(tmp_path):
     with pytest.raises(UsageError, match="has train/ but no val/ folder"):
         train(config)
     assert not (tmp_path / "run").exists()
+    # A folder without TFRecords: the source's own line (it was KeyError: 'train', a traceback).
+    with pytest.raises(UsageError, match=f"^no TFRecord files match {tmp_path / 'photos'}/train-"):
+        train(dataclass_replace(config, dataset=f"tfrecord:{tmp_path / 'photos'}"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_output_folder_among_other_files_or_where_the_data_is_read_is_refused(tmp_path):
