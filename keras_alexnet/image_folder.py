@@ -74,15 +74,23 @@ def folder_files(root, split):
             raise UsageError(f"{root} has {have}/ but no {need}/ folder: add {root}/{need}/<class>/*.jpg, or move "
                              f"the class folders up into {root} to hold out {HELD_OUT_PERCENT}% of each")
         return _class_files(root, split_dir)
+    return _flat_splits(root)[split]
+
+
+@functools.lru_cache(maxsize=8)
+def _flat_splits(root):
+    """{split: (paths, labels)} of a flat folder, listed and hashed once for both splits."""
     paths, labels = _class_files(root, root)
     held_out = [is_held_out(os.path.relpath(path, root)) for path in paths]
+    trained = {label for label, h in zip(labels, held_out) if not h}
     for label, name in enumerate(class_names(root)):
-        if all(h for h, y in zip(held_out, labels) if y == label):
+        if label not in trained:
             raise UsageError(f"class folder {os.path.join(root, name)} has too few files to hold out "
                              f"{HELD_OUT_PERCENT}% and train on the rest: add images, or make "
                              f"{root}/train/ and {root}/val/ yourself")
-    keep = [h == (split == "validation") for h in held_out]
-    return (tuple(p for p, k in zip(paths, keep) if k), tuple(y for y, k in zip(labels, keep) if k))
+    return {split: (tuple(p for p, h in zip(paths, held_out) if h == (split == "validation")),
+                    tuple(y for y, h in zip(labels, held_out) if h == (split == "validation")))
+            for split in ("train", "validation")}
 
 
 def _class_files(root, split_dir):

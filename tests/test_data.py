@@ -206,6 +206,7 @@ def _flat_folder(root, per_class=11):
 def _clear_folder_caches():
     folder_layout.class_names.cache_clear()
     folder_layout.folder_files.cache_clear()
+    folder_layout._flat_splits.cache_clear()
 
 
 def test_a_flat_folder_holds_out_a_fifth_of_each_class_chosen_by_file_name(tmp_path):
@@ -230,8 +231,10 @@ def test_a_flat_folder_holds_out_a_fifth_of_each_class_chosen_by_file_name(tmp_p
     before = {split: set(folder_layout.folder_files(str(root), split)[0]) for split in ("train", "validation")}
     (root / "cat" / "img_999.jpg").write_bytes(_encode(_grey(0)))
     _clear_folder_caches()
+    after = {split: set(folder_layout.folder_files(str(root), split)[0]) for split in ("train", "validation")}
+    assert str(root / "cat" / "img_999.jpg") in after["train"] | after["validation"]  # the folder was read again
     for split in ("train", "validation"):
-        assert before[split] <= set(folder_layout.folder_files(str(root), split)[0])
+        assert before[split] <= after[split]
     # About a fifth of any names, whatever they look like.
     names = [f"class_{c}/IMG_{i:05d}.JPG" for c in range(3) for i in range(3000)]
     assert 0.18 < sum(map(folder_layout.is_held_out, names)) / len(names) < 0.22
