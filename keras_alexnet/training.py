@@ -92,11 +92,15 @@ class Trainer:
         count = tf.cast(tf.shape(labels)[0], tf.float32)
         return tf.stack([tf.reduce_sum(per_example_loss), top1, top5, count])
 
+    @property
+    def scales_loss(self):
+        """Whether the optimizer scales the loss (mixed_float16's dynamic loss scaling)."""
+        return isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+
     def _make_forward_backward(self):
         """The replica's forward and backward: (gradients, statistics) of a batch, XLA-compiled
         with --xla (not on TPUs, whose whole step is compiled anyway)."""
-        model, optimizer, config = self.model, self.optimizer, self.config
-        scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        model, optimizer, config, scales_loss = self.model, self.optimizer, self.config, self.scales_loss
 
         def forward_backward(images, labels):
             if isinstance(images, tuple):  # uint8 crops and lighting shifts (data.make_dataset)
@@ -127,8 +131,7 @@ class Trainer:
         # Keras runs SGD's momentum update as separate elementwise passes over every weight, which
         # XLA fuses (docs/performance.md). Not across devices, where the update first all-reduces
         # in a merge call, nor with loss scaling.
-        scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        if self.config.xla and distribute.is_single_device(self.strategy) and not scales_loss:
+        if self.config.xla and distribute.is_single_device(self.strategy) and not self.scales_loss:
             return tf.function(apply, jit_compile=True)
         return apply
 
