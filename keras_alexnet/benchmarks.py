@@ -15,7 +15,6 @@ docs/performance.md has the figures and what they mean).
 own (forward and backward) to show where a step's time goes.
 """
 
-import dataclasses
 import os
 import statistics
 import tempfile
