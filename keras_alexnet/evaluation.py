@@ -61,6 +61,35 @@ def at_chance(top1, num_classes, num_examples, majority_share=None):
     return can_tell(num_classes, num_examples, majority_share) and top1 <= chance_ceiling(num_classes, num_examples, majority_share)
 
 
+def match_classes(dataset_names, model_names):
+    """How the dataset's labels index the model's classes, by name.
+
+    Returns None when they are the model's own labels (the same names in the same order, or no
+    names to compare), or a list: the model's index of each of the dataset's classes, when the
+    dataset holds some or all of the model's classes (a test folder of new photos that lacks a
+    class). Raises ValueError naming the classes the model does not know.
+    """
+    dataset_names, model_names = list(dataset_names or []), list(model_names or [])
+    if not dataset_names or not model_names or dataset_names == model_names:
+        return None
+    index = {name: i for i, name in enumerate(model_names)}
+    unknown = [name for name in dataset_names if name not in index]
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        verb = "is" if len(unknown) == 1 else "are"
+        raise ValueError(f"{len(unknown)} of its {len(dataset_names)} classes {verb} not among the model's "
+                         f"{len(model_names)} ({shown})")
+    return [index[name] for name in dataset_names]
+
+
+def relabel(dataset, label_map):
+    """`dataset` of (images, labels) with each label replaced by label_map[label] (`match_classes`)."""
+    if label_map is None:
+        return dataset
+    table = tf.constant(label_map, tf.int32)
+    return dataset.map(lambda images, labels: (images, tf.gather(table, tf.cast(labels, tf.int32))))
+
+
 def model_probabilities(model):
     """The softmax of a Keras model's logits, as a function of preprocessed images."""
 

@@ -79,15 +79,29 @@ def _check_strategy(strategy, output):
         raise UsageError(f"--batch_size={FLAGS.batch_size} does not split over {replicas} replicas: use a multiple of {replicas}.")
 
 
-def _check_classes(info, spec, num_classes, class_names):
-    """The dataset must have the model's number of classes; other names are only a warning."""
+def _label_map(info, spec, num_classes, class_names):
+    """The dataset's labels in the model's classes (`evaluation.match_classes`): a dataset with
+    some of the model's classes is matched by name; one with classes the model lacks is refused."""
+    from keras_alexnet import evaluation
     from keras_alexnet.errors import UsageError
 
-    if info.num_classes != num_classes:
-        raise UsageError(f"--dataset={spec} has {info.num_classes} classes but the model has {num_classes}: "
-                         "evaluate on the dataset the model was trained on.")
-    if class_names and list(info.class_names) != list(class_names):
-        print("warning: the dataset's class names differ from the model's; labels are compared by index.", file=sys.stderr)
+    if not class_names or len(class_names) != num_classes:  # an old run without names: counts only
+        if info.num_classes != num_classes:
+            raise UsageError(f"--dataset={spec} has {info.num_classes} classes but the model has {num_classes}: "
+                             "evaluate on the dataset the model was trained on.")
+        return None
+    try:
+        label_map = evaluation.match_classes(info.class_names, class_names)
+    except ValueError as error:
+        if info.num_classes != num_classes:
+            raise UsageError(f"--dataset={spec}: {error}: evaluate on data of the classes the model was "
+                             "trained on (a folder: one subfolder per class, named as in training).") from None
+        print(f"warning: --dataset={spec}: {error}; labels are compared by index.", file=sys.stderr)
+        return None
+    if label_map is not None:
+        print(f"note: --dataset={spec} has {info.num_classes} of the model's {num_classes} classes; "
+              "labels are matched to the model's by class name.", file=sys.stderr)
+    return label_map
 
 
 def _report(result, output):
@@ -112,14 +126,14 @@ def run():
     _check_strategy(strategy, output)
     with strategy.scope():
         probabilities, class_names, image_size, num_classes, config = _load_model(config)
-    _check_classes(info, spec, num_classes, class_names)
+    label_map = _label_map(info, spec, num_classes, class_names)
 
     def dataset_fn(input_context):
-        return data.make_dataset(
+        return evaluation.relabel(data.make_dataset(
             spec, FLAGS.split, image_size=image_size,
             batch_size=input_context.get_per_replica_batch_size(FLAGS.batch_size),
             training=False, input_context=input_context, data_dir=data_dir, manual_dir=manual_dir, crops=crops,
-        )
+        ), label_map)
 
     result = evaluation.evaluate(probabilities, dataset_fn, strategy=strategy, log_every=FLAGS.log_every)
     expected = info.num_examples.get(FLAGS.split)

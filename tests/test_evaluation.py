@@ -108,6 +108,30 @@ def test_exact_fractions():
     assert result["top1_error"] == 4 / 7 and result["top1_accuracy"] == 3 / 7
 
 
+def test_a_dataset_with_some_of_the_models_classes_is_matched_by_name():
+    # A test folder of new photos for two of the model's six classes: its labels are 0 and 1 in
+    # its own (sorted) class list, the model's "cat" and "tree" are 2 and 5. Before, a dataset
+    # with fewer classes was refused, and one with as many but in another order was compared by index.
+    model_names = ["apple", "bus", "cat", "dog", "sea", "tree"]
+    label_map = evaluation.match_classes(["cat", "tree"], model_names)
+    assert label_map == [2, 5]
+    assert evaluation.match_classes(model_names, model_names) is None
+    assert evaluation.match_classes(["cat", "tree"], None) is None  # nothing to match by
+    assert evaluation.match_classes(model_names[::-1], model_names) == [5, 4, 3, 2, 1, 0]
+    with pytest.raises(ValueError, match=r"^1 of its 2 classes is not among the model's 6 \(zebra\)$"):
+        evaluation.match_classes(["cat", "zebra"], model_names)
+    # The model answers "cat" for images 0-2 and "tree" for 3: with the labels matched, 4 of 4
+    # right; compared by index (labels 0 and 1) none would be.
+    table = np.eye(CLASSES)[[2, 2, 2, 5]]
+    labels = np.array([0, 0, 0, 1], np.int32)
+
+    def dataset_fn(input_context):
+        return evaluation.relabel(dataset_fn_of(id_images(np.arange(4)), labels, 2)(input_context), label_map)
+
+    assert evaluation.evaluate(fixed_probabilities(table), dataset_fn)["top1_accuracy"] == 1.0
+    assert evaluation.evaluate(fixed_probabilities(table), dataset_fn_of(id_images(np.arange(4)), labels, 2))["top1_accuracy"] == 0.0
+
+
 def test_top5_with_fewer_than_five_classes_is_top_all():
     table = np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
     labels = np.array([0, 2], np.int32)

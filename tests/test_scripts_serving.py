@@ -32,11 +32,14 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 OWN_LOG_LEVEL = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
 
 
-def write_model_dir(model_dir, seed=0):
-    """A model_dir as the training engine writes it: config.json and a CheckpointManager checkpoint."""
+def write_model_dir(model_dir, seed=0, answer=None):
+    """A model_dir as the training engine writes it: config.json and a CheckpointManager checkpoint.
+    With `answer` (a class index) the model answers that class for every image."""
     model = keras_alexnet.build(num_classes=len(CLASSES), input_shape=(SIZE, SIZE, 3), seed=seed)
     kernel, bias = model.get_layer("fc8").get_weights()
     model.get_layer("fc8").set_weights([kernel * 300.0, bias])  # confident, so the comparisons mean something
+    if answer is not None:
+        model.get_layer("fc8").set_weights([kernel * 0.0, np.eye(len(CLASSES))[answer] * 10.0])
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), checkpoints.checkpoint_dir(model_dir), max_to_keep=1)
     manager.save(checkpoint_number=5)
     checkpoints.write_config(model_dir, {
@@ -288,6 +291,35 @@ def test_evaluate_script(run, source, crops, strategy):
     assert printed["crops"] == int(crops) and printed["split"] == "validation"
     # The checkpoint loaded (the model_dir holds ckpt-5); an export has none.
     assert (printed["checkpoint"] or "").endswith("ckpt-5") if source == "model_dir" else printed["checkpoint"] is None
+
+
+def test_evaluate_script_matches_a_folder_of_some_classes_by_name(tmp_path):
+    # New photos for two of the model's ten classes, "circle" and "star" (the folder's labels 0
+    # and 1; the model's 0 and 6), and a model that answers "star" for every image: matched by
+    # name, the 4 star photos are right; compared by index none would be. Before, a dataset with
+    # fewer classes than the model was refused.
+    write_model_dir(str(tmp_path / "run"), answer=CLASSES.index("star"))
+    rng = np.random.default_rng(5)
+    for split in ("train", "val"):
+        for name, count in (("star", 4), ("circle", 2)):
+            (tmp_path / "photos" / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, size=(70, 80, 3), dtype=np.uint8)
+                (tmp_path / "photos" / split / name / f"{i}.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    spec = f"folder:{tmp_path / 'photos'}"
+    result = run_script("evaluate.py", "--model_dir", tmp_path / "run", "--dataset", spec)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"note: --dataset={spec} has 2 of the model's {len(CLASSES)} classes; labels are matched" in result.stderr
+    printed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert printed["num_examples"] == 6 and printed["top1_accuracy"] == pytest.approx(4 / 6, abs=1e-12)
+    # A class the model does not know is one line, before anything is evaluated.
+    for split in ("train", "val"):
+        (tmp_path / "photos" / split / "circle").rename(tmp_path / "photos" / split / "zebra")
+    result = run_script("evaluate.py", "--model_dir", tmp_path / "run", "--dataset", spec)
+    assert result.returncode == 2 and result.stdout == ""
+    assert error_lines(result.stderr) == [f"error: --dataset={spec}: 1 of its 2 classes is not among the model's "
+                                          f"{len(CLASSES)} (zebra): evaluate on data of the classes the model was trained "
+                                          "on (a folder: one subfolder per class, named as in training)."]
 
 
 # ---------------------------------------------------------------------------------------- client
