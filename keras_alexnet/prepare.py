@@ -49,6 +49,9 @@ SIZE = 256  # §2
 RESIZE_MODES = ("paper", "shorter")  # paper: shorter side 256, central 256x256; shorter: side only
 DEFAULT_QUALITY = 90
 DEFAULT_SHARDS = {"train": 1024, "validation": 128}  # the TF-official ImageNet sharding
+# Below ImageNet's size, one shard per this many images: a folder of 1,000 photos became 1,000
+# one-image shards (and 1,000 state files) under the fixed 1024 before.
+EXAMPLES_PER_SHARD = 256
 LABEL_OFFSET = 1  # labels 1..K, as tensorflow/models' build_imagenet_data.py (0 was "background")
 MANIFEST = "manifest.json"
 MEAN_IMAGE = "mean_image.npy"
@@ -470,11 +473,17 @@ def _duration(seconds):
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m{seconds % 60:02d}s" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def default_shards(split, num_examples):
+    """One shard per EXAMPLES_PER_SHARD examples, at most ImageNet's DEFAULT_SHARDS (which
+    ILSVRC2012 itself gets: 1,281,167 training and 50,000 validation images)."""
+    return max(1, min(DEFAULT_SHARDS[split], -(-num_examples // EXAMPLES_PER_SHARD)))
+
+
 def prepare(plan, output_dir, *, num_shards=None, resize_mode="paper", size=SIZE, quality=DEFAULT_QUALITY,
             num_processes=1, num_workers=1, worker_index=0, seed=0, stream=None):
     """Write this worker's shards of `plan` to `output_dir` (local or a TensorFlow filesystem, gs://).
 
-    num_shards: {split: shards}, default DEFAULT_SHARDS, at most one per example. Worker
+    num_shards: {split: shards}; a split not given gets `default_shards`. At most one per example. Worker
     `worker_index` of `num_workers` writes shards worker_index, worker_index + num_workers, ...
     of each split, with `num_processes` processes. Shards already complete are kept. Returns the
     manifest if this call found every shard of the job complete (and wrote it), else None.
@@ -487,8 +496,9 @@ def prepare(plan, output_dir, *, num_shards=None, resize_mode="paper", size=SIZE
         raise UsageError(f"worker_index={worker_index} must be in 0..{num_workers - 1} (num_workers={num_workers})")
     if not 1 <= quality <= 100 or size < 1 or num_processes < 1:
         raise UsageError(f"quality must be 1..100 (got {quality}), size and num_processes at least 1")
-    wanted = {**DEFAULT_SHARDS, **(num_shards or {})}
-    shards = {split: max(1, min(wanted[split], len(examples))) for split, examples in plan.splits.items() if examples}
+    wanted = num_shards or {}
+    shards = {split: max(1, min(wanted.get(split) or default_shards(split, len(examples)), len(examples)))
+              for split, examples in plan.splits.items() if examples}
     tf.io.gfile.makedirs(_join(output_dir, STATE_DIR))
     _check_or_write_plan(output_dir, _plan_record(plan, shards, resize_mode, size, quality, seed))
     tasks = []

@@ -38,8 +38,10 @@ flags.DEFINE_enum("resize", "paper", ["paper", "shorter"], "paper: shorter side 
                   "(§2); shorter: the shorter side only (keeps the whole image for other crops).")
 flags.DEFINE_integer("size", 256, "The shorter side (and square side), 256 in the paper.")
 flags.DEFINE_integer("quality", 90, "JPEG quality of the re-encoded images.")
-flags.DEFINE_integer("train_shards", 1024, "Training shards (at most one per image).")
-flags.DEFINE_integer("validation_shards", 128, "Validation shards (at most one per image).")
+flags.DEFINE_integer("train_shards", None, "Training shards, at most one per image (default: one per 256 images, "
+                     "at most 1024 as ImageNet's).")
+flags.DEFINE_integer("validation_shards", None, "Validation shards, at most one per image (default: one per 256 "
+                     "images, at most 128 as ImageNet's).")
 flags.DEFINE_integer("num_processes", None, "Processes on this machine (default: every core).")
 flags.DEFINE_integer("num_workers", 1, "Machines sharing the job; each writes shards i, i+N, ...")
 flags.DEFINE_integer("worker_index", 0, "This machine's index, 0..num_workers-1.")
@@ -61,7 +63,7 @@ def check_flags():
         if FLAGS[name].value and not os.path.isfile(FLAGS[name].value):
             cli.fail(f"--{name}={FLAGS[name].value}: no such file.")
     for name in ("size", "train_shards", "validation_shards", "num_workers"):
-        if FLAGS[name].value < 1:
+        if FLAGS[name].value is not None and FLAGS[name].value < 1:
             cli.fail(f"--{name}={FLAGS[name].value} must be at least 1.")
     if FLAGS.num_processes is not None and FLAGS.num_processes < 1:
         cli.fail(f"--num_processes={FLAGS.num_processes} must be at least 1.")

@@ -272,7 +272,7 @@ def _script(*args, **kwargs):
 def test_sigkill_then_the_same_command_resumes_and_keeps_finished_shards(tmp_path):
     source, out = str(tmp_path / "photos"), str(tmp_path / "records")
     expected = _make_folder(source, {"train": 10, "val": 1})
-    command = [f"--input_dir={source}", f"--output_dir={out}", "--train_shards=30", "--num_processes=1"]
+    command = [f"--input_dir={source}", f"--output_dir={out}", "--train_shards=30", "--validation_shards=3", "--num_processes=1"]
     process = _script(*command)
     deadline = time.time() + 120
     while not (os.path.isdir(out) and any(n.startswith("train-") for n in os.listdir(out))) and time.time() < deadline:
@@ -290,6 +290,14 @@ def test_sigkill_then_the_same_command_resumes_and_keeps_finished_shards(tmp_pat
     assert sorted(r[:2] for r in _records(tf.io.gfile.glob(f"{out}/train-*"))) == sorted(expected["train"])
 
 
+def test_shards_default_to_one_per_256_images_up_to_imagenets_split():
+    # A folder of 1,000 photos was written as 1,000 one-image shards (and as many state files).
+    assert prepare.default_shards("train", 1000) == 4 and prepare.default_shards("validation", 250) == 1
+    assert prepare.default_shards("train", 256) == 1 and prepare.default_shards("train", 257) == 2
+    assert prepare.default_shards("train", 1_281_167) == 1024  # ILSVRC2012 keeps the TF scripts' split
+    assert prepare.default_shards("validation", 50_000) == 128
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "--output_dir is required"),
     (["--output_dir=/tmp/x"], "pass exactly one source"),
@@ -297,6 +305,7 @@ def test_sigkill_then_the_same_command_resumes_and_keeps_finished_shards(tmp_pat
     (["--output_dir=/tmp/x", "--input_dir=/tmp", "--num_workers=2", "--worker_index=2"], "--worker_index=2 must be in 0..1"),
     (["--output_dir=/tmp/x", "--input_dir=/tmp", "--quality=0"], "--quality=0 must be 1..100"),
     (["--output_dir=/tmp/x", "--input_dir=/tmp", "--resize=crop"], "value should be one of"),
+    (["--output_dir=/tmp/x", "--input_dir=/tmp", "--train_shards=0"], "--train_shards=0 must be at least 1"),
 ])
 def test_script_bad_flags_are_one_line_and_exit_2(args, message):
     process = _script(*args)
