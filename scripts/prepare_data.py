@@ -77,7 +77,9 @@ def report(manifest):
     """What was written, the files skipped (the first 20) and the --dataset string to train with."""
     for split, entry in manifest["splits"].items():
         skipped = entry["skipped"]
-        print(f"{split}: {entry['num_examples']} examples in {len(entry['shards'])} shards; {len(skipped)} files skipped"
+        shards = len(entry["shards"])
+        print(f"{split}: {entry['num_examples']} examples in {shards} shard{'s' if shards != 1 else ''}; "
+              f"{len(skipped)} files skipped"
               + "".join(f"\n  skipped {path}: {why}" for path, why in skipped[:20])
               + (f"\n  ... and {len(skipped) - 20} more (manifest.json)" if len(skipped) > 20 else ""))
     print(f"training mean (RGB, per channel): {manifest.get('mean_rgb')}")
