@@ -206,6 +206,36 @@ RESUMABLE_SETTINGS = ("dataset", "epochs", "steps_per_epoch", "batch_size", "lea
                       "augmentation", "precision", "seed", "classifier_lr_multiplier")
 
 
+# What a resumed run takes from its config.json for the flags not given: rerunning with only
+# --model_dir (and, say, more --epochs) continues the run as it was. Not the machine's choices
+# (precision, XLA, strategy), which `resolve` makes again where the run resumes.
+INHERITED_SETTINGS = ("dataset", "data_dir", "manual_dir", "augmentation", "export_dir", "variant", "groups", "init",
+                      "dropout", "weights", "trainable", "classifier_lr_multiplier", "recipe", "image_size", "batch_size",
+                      "epochs", "steps_per_epoch", "learning_rate", "lr_schedule", "warmup_epochs", "lr_decay_epochs",
+                      "plateau_patience", "optimizer", "momentum", "weight_decay", "seed", "checkpoint_steps",
+                      "keep_checkpoints", "log_steps")
+
+
+def inherited_settings(model_dir, given):
+    """The INHERITED_SETTINGS of the run whose checkpoints `model_dir` holds that are not in
+    `given` ({flag: value} of the command line); {} when it holds none (a new run). A damaged
+    config.json is one UsageError line (checkpoints.read_config)."""
+    if not model_dir or checkpoints.latest_checkpoint(model_dir) is None:
+        return {}
+    try:
+        previous = checkpoints.read_config(model_dir)
+    except FileNotFoundError:
+        return {}
+    settings = {key: previous[key] for key in INHERITED_SETTINGS if key in previous and key not in given}
+    if not str(previous.get("recipe_reason", "")).startswith("--recipe="):
+        settings.pop("recipe", None)  # auto's pick: auto picks it again, with its reason
+    if {"dataset", "batch_size"} & set(given):
+        settings.pop("steps_per_epoch", None)  # follows from them: an epoch stays one pass over the data
+    if (settings.get("warmup_epochs") or 0) >= given.get("epochs", previous.get("epochs") or 0):
+        settings.pop("warmup_epochs", None)  # a recipe's warm-up of a short run: the recipe gives it again, unchecked
+    return settings
+
+
 def setting_changes(previous, current):
     """{setting: (previous value, current value)} of the RESUMABLE_SETTINGS that differ."""
     return {key: (previous[key], current.get(key)) for key in RESUMABLE_SETTINGS
@@ -227,9 +257,12 @@ def check_resume(config, num_classes):
     # optimizer's would not restore.
     for key in checkpoints.MODEL_KEYS + ("trainable", "optimizer"):
         if key in previous and previous[key] != current.get(key):
+            # Two of them are no flag: the class count follows from --dataset, the convention from --weights.
+            flag = {"num_classes": "dataset", "convention": "weights"}.get(key, key)
             raise UsageError(
                 f"--model_dir={config.model_dir} holds checkpoints of a run with {key}={previous[key]}, "
-                f"but this run has {key}={current.get(key)}: use a new --model_dir or the same --{key}."
+                f"but this run has {key}={current.get(key)}: use a new --model_dir or the run's own "
+                f"--{flag}{f' ({previous[flag]})' if previous.get(flag) else ''}."
             )
 
 

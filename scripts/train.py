@@ -10,11 +10,12 @@ Flags left unset take a recipe (--recipe, keras_alexnet/recipes.py): finetune wi
 demo's on the built-in shapes data, small_data under 100,000 training images, the paper's §5
 recipe from there on.
 Rerunning the same command resumes from the newest readable checkpoint in --model_dir (damaged
-ones are skipped with a warning and moved to checkpoints/damaged/). SIGTERM (a preemption notice)
-or Ctrl-C saves a checkpoint and stops (exit 143 or 130); Ctrl-C twice stops at once. One run
-at a time per --model_dir: a second one while the first lives is refused (exit 2); the lease of
-a run that died is taken over. A run whose held-out top-1 ends within noise of chance exports
-nothing and exits 3.
+ones are skipped with a warning and moved to checkpoints/damaged/); flags left out of the rerun
+take the run's own values, so `--model_dir DIR --epochs N` continues a run to N epochs.
+SIGTERM (a preemption notice) or Ctrl-C saves a checkpoint and stops (exit 143 or 130); Ctrl-C
+twice stops at once. One run at a time per --model_dir: a second one while the first lives is
+refused (exit 2); the lease of a run that died is taken over. A run whose held-out top-1 ends
+within noise of chance exports nothing and exits 3.
 """
 
 import sys
@@ -86,10 +87,19 @@ FLAGS = flags.FLAGS
 
 
 def config_values(flag_values):
-    """TrainConfig fields from the flags; unset flags stay None for the recipe to fill."""
-    from keras_alexnet.run_config import TrainConfig
+    """TrainConfig fields from the flags; unset flags stay None for the recipe to fill. Resuming a
+    run, the flags not given take the run's own values (run_config.INHERITED_SETTINGS)."""
+    from keras_alexnet import run_config
 
-    values = {field: flag_values[field].value for field in TrainConfig.__dataclass_fields__ if field in flag_values}
+    fields = [field for field in run_config.TrainConfig.__dataclass_fields__ if field in flag_values]
+    values = {field: flag_values[field].value for field in fields}
+    given = {field: values[field] for field in fields if flag_values[field].present}
+    earlier = run_config.inherited_settings(values["model_dir"], given)
+    inherited = {key: value for key, value in earlier.items() if value != values[key]}
+    if inherited:
+        print(f"resuming --model_dir={values['model_dir']} with its own settings for the flags not given: "
+              + " ".join(f"--{key}={'' if value is None else value}" for key, value in inherited.items()), flush=True)
+    values.update(inherited)
     return {name: value for name, value in values.items() if value is not None}
 
 
