@@ -242,8 +242,9 @@ def setting_changes(previous, current):
             if key in previous and previous[key] != current.get(key)}
 
 
-def check_resume(config, num_classes):
-    """A model_dir that holds checkpoints of another model shape is refused, not overwritten."""
+def check_resume(config, num_classes, class_names=None):
+    """A model_dir that holds checkpoints of another model shape, or of other classes, is refused,
+    not overwritten."""
     if checkpoints.latest_checkpoint(config.model_dir) is None:
         return
     try:
@@ -264,6 +265,20 @@ def check_resume(config, num_classes):
                 f"but this run has {key}={current.get(key)}: use a new --model_dir or the run's own "
                 f"--{flag}{f' ({previous[flag]})' if previous.get(flag) else ''}."
             )
+    # As many classes under other names is another task: its labels would train the run's fc8
+    # units of other classes. (The same names at another --dataset path, data that moved, resume.)
+    if class_names and previous.get("class_names") and list(previous["class_names"]) != list(class_names):
+        raise UsageError(
+            f"--model_dir={config.model_dir} holds checkpoints of a run on other classes ({_names(previous['class_names'])}) "
+            f"than --dataset={config.dataset} ({_names(class_names)}): use a new --model_dir or the run's own --dataset "
+            f"({previous.get('dataset')})."
+        )
+
+
+def _names(class_names, shown=3):
+    """'a, b, c and 7 more': a few class names, for a message."""
+    names = list(class_names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _other_start_message(config, previous):

@@ -214,7 +214,7 @@ def train(config, strategy=None, stream=None):
     pretrained = finetune.read(config.weights) if config.weights else None
     config = resolve(start_from(config, pretrained, info), strategy, info)
     run_config.check_output_folders(config)
-    check_resume(config, info.num_classes)
+    check_resume(config, info.num_classes, info.class_names)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(config.seed)

@@ -266,6 +266,12 @@ def test_resuming_a_different_model_is_refused(tmp_path):
     with pytest.raises(UsageError, match=rf"num_classes=10, but this run has num_classes=3: use a new --model_dir or "
                                          rf"the run's own --dataset \({re.escape(SHAPES)}\)\.$"):
         train(TrainConfig(**{**TINY, "dataset": "synthetic:num_classes=3"}, model_dir=str(tmp_path), strategy="default"))
+    # As many classes under other names: another task, whose labels would train other classes'
+    # fc8 units (it resumed, with a warning that the dataset had changed).
+    with pytest.raises(UsageError, match=r"holds checkpoints of a run on other classes \(circle, ring, square and 7 more\) "
+                                         r"than --dataset=synthetic:num_classes=10 \(0, 1, 2 and 7 more\)"):
+        train(TrainConfig(**{**TINY, "dataset": "synthetic:num_classes=10", "optimizer": "adam"}, model_dir=str(tmp_path),
+                          strategy="default"))
 
 
 def test_a_rerun_with_only_model_dir_and_epochs_continues_the_run_with_its_own_settings(tmp_path):
