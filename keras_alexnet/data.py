@@ -66,15 +66,17 @@ class BadImageLog:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self.count = 0
+        self.count = 0  # skips: a training file that fails is skipped again every epoch
         self.first_names = []
+        self.names = set()  # the distinct files skipped
 
     def record(self, name):
         name = name.numpy().decode("utf-8", "replace") if hasattr(name, "numpy") else str(name)
         with self._lock:
             self.count += 1
-            if len(self.first_names) < self.FIRST_FEW:
+            if name not in self.names and len(self.first_names) < self.FIRST_FEW:
                 self.first_names.append(name)
+            self.names.add(name)
             first = self.count == 1
         if first:
             logging.warning(
@@ -85,16 +87,17 @@ class BadImageLog:
         return False
 
     def summary(self):
-        """One line: how many were skipped and the first few names ('' when none)."""
+        """One line: how many files were skipped and the first few names ('' when none)."""
         with self._lock:
             if not self.count:
                 return ""
-            return f"{self.count} undecodable images skipped; first: {', '.join(self.first_names)}"
+            return f"{len(self.names)} undecodable images skipped; first: {', '.join(self.first_names)}"
 
     def reset(self):
         with self._lock:
             self.count = 0
             self.first_names = []
+            self.names = set()
 
 
 BAD_IMAGES = BadImageLog()

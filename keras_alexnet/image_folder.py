@@ -1,7 +1,6 @@
 """The layout of an image folder, as `folder:PATH` reads it (keras_alexnet/sources/folder.py) and
 `prepare.list_folder` plans it: the classes, and the files of each split. No TensorFlow here.
-
-Two layouts:
+A class's images are the files anywhere below its folder, subfolders included. Two layouts:
 
 - PATH/train/<class>/* and PATH/val/<class>/* (or PATH/validation/...): the ImageNet /
   ImageFolder layout, the held-out images chosen by whoever made the folders.
@@ -93,6 +92,17 @@ def _flat_splits(root):
             for split in ("train", "validation")}
 
 
+def _files_below(folder):
+    """Every file in `folder` and its subfolders (as `keras.utils.image_dataset_from_directory`
+    reads a class folder; they were left out before, without a word), hidden ones excepted,
+    sorted by path."""
+    found = []
+    for parent, subfolders, names in os.walk(folder):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        found += [os.path.join(parent, name) for name in names if not name.startswith(".")]
+    return sorted(found)
+
+
 def _class_files(root, split_dir):
     """(paths, labels) of every file in split_dir's class folders, sorted by class then file name."""
     index = {name: i for i, name in enumerate(class_names(root))}
@@ -102,7 +112,7 @@ def _class_files(root, split_dir):
             continue
         if entry.name not in index:
             raise UsageError(f"class folder {entry.path} is not among the train classes in {root}/train")
-        files = sorted(f.path for f in os.scandir(entry.path) if f.is_file() and not f.name.startswith("."))
+        files = _files_below(entry.path)
         if not any(path.lower().endswith(IMAGE_EXTENSIONS) for path in files):
             raise UsageError(f"class folder {entry.path} has no images; expected {entry.path}/*.jpg (or .png)")
         # Every file is kept: a non-image is skipped and counted at decode time, never silently.

@@ -302,6 +302,8 @@ class _Run:
         self.eval_fn = _dataset_fn(config, "validation", False, config.seed)
         self.say_header()
         self.chance = ChanceWatch(info.num_classes, config, self.say)
+        data.BAD_IMAGES.reset()  # this run's skips, said at each epoch's end (say_skipped_images)
+        self.skipped_said = 0
         self.stop = StopRequest(stream)
         self.stop.install()
         self.progress = Progress(config.steps_per_epoch, config.epochs, config.batch_size, stream=stream)
@@ -421,9 +423,21 @@ class _Run:
                 f"({held_out['examples']} images); {means['images_per_sec']:.1f} img/s"
                 + ("; learning rate divided by 10" if dropped else ""))
         self.chance.after_epoch(epoch + 1, held_out)
+        self.say_skipped_images(held_out["examples"])
         if self.stop.requested and self.step < self.total_steps:  # arrived during the evaluation: the epoch's checkpoint is saved
             raise self.preempted()
         return self._result(epoch + 1, held_out)
+
+    def say_skipped_images(self, held_out_examples):
+        """One line at an epoch's end when files that are not readable images were skipped since the
+        last: they are out of training and of the held-out figures (data.BAD_IMAGES)."""
+        skipped = len(data.BAD_IMAGES.names)
+        if skipped <= self.skipped_said:
+            return
+        self.skipped_said = skipped
+        expected = self.info.num_examples.get("validation")
+        counted = f"; the held-out figures count {held_out_examples} of {expected} images" if expected and held_out_examples < expected else ""
+        self.say(f"warning: {data.BAD_IMAGES.summary()}{counted}: convert or remove them (JPEG, PNG, GIF, BMP or WebP)")
 
     def evaluate_restored(self):
         held_out = self.evaluate()

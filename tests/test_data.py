@@ -240,6 +240,25 @@ def test_a_flat_folder_holds_out_a_fifth_of_each_class_chosen_by_file_name(tmp_p
     assert 0.18 < sum(map(folder_layout.is_held_out, names)) / len(names) < 0.22
 
 
+def test_images_in_subfolders_of_a_class_folder_are_that_classs(tmp_path):
+    # As keras.utils.image_dataset_from_directory reads them; they were left out without a word.
+    # Hidden files and folders stay out.
+    root = tmp_path / "photos"
+    for split, first in (("train", 0), ("val", 10)):
+        for label, name in enumerate(["cat", "dog"]):
+            (root / split / name / "2024" / "june").mkdir(parents=True)
+            (root / split / name / ".thumbnails").mkdir()
+            (root / split / name / f"a{label}.jpg").write_bytes(_encode(_grey(first + 3 * label)))
+            (root / split / name / "2024" / f"b{label}.jpg").write_bytes(_encode(_grey(first + 3 * label + 1)))
+            (root / split / name / "2024" / "june" / f"c{label}.jpg").write_bytes(_encode(_grey(first + 3 * label + 2)))
+            (root / split / name / ".thumbnails" / "t.jpg").write_bytes(_encode(_grey(21)))
+            (root / split / name / "2024" / ".hidden.jpg").write_bytes(_encode(_grey(20)))
+    info = data.dataset_info(f"folder:{root}")
+    assert info.class_names == ["cat", "dog"] and info.num_examples == {"train": 6, "validation": 6}
+    ids, labels = _collect(data.make_dataset(f"folder:{root}", "validation", image_size=67, batch_size=4, training=False))
+    assert sorted(zip(ids, labels)) == [(10, 0), (11, 0), (12, 0), (13, 1), (14, 1), (15, 1)]
+
+
 def test_a_train_folder_without_val_is_refused_before_training(tmp_path):
     # It used to train a whole epoch and then fail at the first evaluation.
     root = tmp_path / "photos"

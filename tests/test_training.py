@@ -408,6 +408,30 @@ def run_script(*args, env=None, **kwargs):
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}, timeout=300, **kwargs)
 
 
+def test_files_that_are_not_readable_images_are_said_once_with_the_held_out_count(tmp_path):
+    # They were skipped with one log line for the first and counted in data.BAD_IMAGES, which
+    # nothing read: the user never learned how many, nor that the held-out figures left some out.
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            folder = tmp_path / "photos" / split / name
+            folder.mkdir(parents=True)
+            for i in range(4):
+                pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+                (folder / f"{i}.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    (tmp_path / "photos" / "train" / "a" / "scan.tiff").write_bytes(b"II*\x00 not really a tiff")
+    (tmp_path / "photos" / "val" / "b" / "notes.txt").write_text("not an image")
+    out = io.StringIO()
+    # 5 steps of 2: more than the 8 good training images, so epoch 1 reads every training file.
+    config = TrainConfig(**{**TINY, "dataset": f"folder:{tmp_path / 'photos'}", "batch_size": 2, "steps_per_epoch": 5,
+                            "epochs": 2}, model_dir=str(tmp_path / "run"), strategy="default")
+    train(config, stream=out)
+    said = [line for line in out.getvalue().splitlines() if "undecodable" in line]
+    assert said == [f"warning: 2 undecodable images skipped; first: {tmp_path}/photos/train/a/scan.tiff, "
+                    f"{tmp_path}/photos/val/b/notes.txt; the held-out figures count 8 of 9 images: convert or remove "
+                    "them (JPEG, PNG, GIF, BMP or WebP)"]  # once: the same files fail again in epoch 2
+
+
 def test_data_of_which_no_image_decodes_is_one_error_line_not_a_run_that_waits_forever(tmp_path):
     # The training pipeline skips bad images and repeats: with none good it never made a batch,
     # and the run waited for ever (it ignored even SIGTERM, its step never ending).
