@@ -100,7 +100,8 @@ def config_values(flag_values):
         print(f"resuming --model_dir={values['model_dir']} with its own settings for the flags not given: "
               + " ".join(f"--{key}={'' if value is None else value}" for key, value in inherited.items()), flush=True)
     values.update(inherited)
-    return {name: value for name, value in values.items() if value is not None}
+    # An inherited None stays None (a run without export keeps none); other Nones are for the recipe.
+    return {name: value for name, value in values.items() if value is not None or name in inherited}
 
 
 def main(argv):
