@@ -354,6 +354,10 @@ def test_tfds_not_prepared_is_a_one_line_error(tmp_path):
     with pytest.raises(UsageError, match=r"not prepared.*tfds build mnist") as error:
         data.make_dataset("tfds:mnist", "train", image_size=67, batch_size=4, training=True, data_dir=str(tmp_path))
     assert "\n" not in str(error.value)
+    assert "manual_dir" not in str(error.value)  # mnist downloads itself; the ILSVRC2012 tars were named for it too
+    with pytest.raises(UsageError, match=r"imagenet2012 is not prepared in .*: pass --manual_dir=DIR holding its "
+                                         r"downloaded files"):
+        data.dataset_info("tfds:imagenet2012", data_dir=str(tmp_path))
     with pytest.raises(UsageError, match="unknown TFDS dataset"):
         data.dataset_info("tfds:no_such_dataset_xyz", data_dir=str(tmp_path))
 

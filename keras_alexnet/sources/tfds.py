@@ -83,8 +83,11 @@ def _builder(name, data_dir, manual_dir):
 
 
 def _not_prepared(builder):
-    return UsageError(
-        f"TFDS dataset {builder.name} is not prepared in {builder.data_dir}; prepare it with "
-        f"`tfds build {builder.name} --data_dir=DIR [--manual_dir=DIR_WITH_ILSVRC2012_TARS]` "
-        "or pass manual_dir (--manual_dir)"
-    )
+    """How to prepare it: with the files of a manually downloaded dataset (ImageNet's tars), or
+    by TFDS's own download, on a machine that can reach the data's hosts."""
+    where = f"TFDS dataset {builder.name} is not prepared in {builder.data_dir}"
+    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+        return UsageError(f"{where}: pass --manual_dir=DIR holding its downloaded files to build it there, or build it "
+                          f"with `tfds build {builder.name} --data_dir=DIR --manual_dir=FILES` and pass --data_dir=DIR")
+    return UsageError(f"{where}: build it with `tfds build {builder.name} --data_dir=DIR` (it downloads the data; on a "
+                      "machine without internet, build it elsewhere and copy DIR) and pass --data_dir=DIR")
