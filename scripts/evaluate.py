@@ -26,7 +26,7 @@ flags.DEFINE_enum("crops", "1", ["1", "10"], "1: the centre view; 10: four corne
 flags.DEFINE_integer("batch_size", 64, "Global batch size (examples; ten-crop runs 10 views per example), split over the replicas.")
 _flags.define_strategy_flags()
 flags.DEFINE_string("output", None, "Write the JSON result here (default with --model_dir: <model_dir>/eval_<split>_<crops>crop.json).")
-flags.DEFINE_integer("log_every", 0, "Print progress every N steps (0: never).")
+flags.DEFINE_integer("log_every", None, "Print progress every N steps (default: ten lines over the split; 0: never).")
 
 FLAGS = flags.FLAGS
 
@@ -135,8 +135,12 @@ def run():
             training=False, input_context=input_context, data_dir=data_dir, manual_dir=manual_dir, crops=crops,
         ), label_map)
 
-    result = evaluation.evaluate(probabilities, dataset_fn, strategy=strategy, log_every=FLAGS.log_every)
     expected = info.num_examples.get(FLAGS.split)
+    log_every = FLAGS.log_every
+    if log_every is None:  # about ten lines: an ImageNet ten-crop evaluation on a CPU takes half an hour
+        log_every = max(1, -(-(expected or 0) // FLAGS.batch_size) // 10) if expected else 0
+    result = evaluation.evaluate(probabilities, dataset_fn, strategy=strategy, log_every=log_every,
+                                 expected_examples=expected)
     if expected is not None and expected != result["num_examples"]:
         # Undecodable images are skipped by the input pipeline: say so rather than hide it.
         print(f"warning: evaluated {result['num_examples']} of the split's {expected} examples.", file=sys.stderr)
@@ -158,6 +162,8 @@ def main(argv):
     # Checked before TensorFlow is imported, so a wrong command line answers at once.
     if bool(FLAGS.model_dir) == bool(FLAGS.saved_model):
         cli.fail("pass exactly one of --model_dir (a training run) or --saved_model (an export).")
+    if FLAGS.log_every is not None and FLAGS.log_every < 0:
+        cli.fail(f"--log_every={FLAGS.log_every}: use 0 (never) or a positive number of steps.")
     if FLAGS.batch_size < 1:
         cli.fail(f"--batch_size={FLAGS.batch_size}: use a positive number.")
     run()

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -130,6 +132,21 @@ def test_a_dataset_with_some_of_the_models_classes_is_matched_by_name():
 
     assert evaluation.evaluate(fixed_probabilities(table), dataset_fn)["top1_accuracy"] == 1.0
     assert evaluation.evaluate(fixed_probabilities(table), dataset_fn_of(id_images(np.arange(4)), labels, 2))["top1_accuracy"] == 0.0
+
+
+def test_progress_goes_to_stderr_with_how_far_and_the_eta(capsys):
+    # A ten-crop ImageNet evaluation on a CPU takes half an hour; evaluate.py printed nothing until
+    # the end. Its stdout is the result's JSON, so progress goes to stderr.
+    table = np.eye(CLASSES)[[0, 1, 2, 0]]
+    labels = np.array([0, 1, 2, 3], np.int32)
+    evaluation.evaluate(fixed_probabilities(table), dataset_fn_of(id_images(np.arange(4)), labels, 2), log_every=1,
+                        expected_examples=4)
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 2
+    assert re.fullmatch(r"step 1: 2 of 4 images, top-1 error 0\.0000, [\d.]+ img/s, ETA 0m0\ds", lines[0]), lines
+    assert re.fullmatch(r"step 2: 4 of 4 images, top-1 error 0\.2500, [\d.]+ img/s, ETA 0m00s", lines[1]), lines
 
 
 def test_top5_with_fewer_than_five_classes_is_top_all():
