@@ -331,6 +331,7 @@ class _Run:
                      "apply to no step; config.json keeps the run's own (train with them in a new --model_dir)")
             return
         current["earlier_settings"] = previous.get("earlier_settings", [])
+        current["exports"] = previous.get("exports", [])
         if changes:
             self.say(f"warning: resuming at step {self.step} with settings that differ from the run so far: {listed}; "
                      "they apply from this step on (config.json keeps the earlier ones under earlier_settings)")
@@ -473,10 +474,37 @@ class _Run:
             self.say(f"nothing exported: held-out top-1 {result['val_top1']:.3f} is within noise of chance, and a model that "
                      "learned nothing must not replace a served one (--export_at_chance exports anyway)")
         elif self.chief and config.export_dir:
-            result["export_path"] = self._export()
-            self.say(f"exported SavedModel to {result['export_path']}")
+            earlier = self._earlier_export()
+            if earlier:
+                result["export_path"] = earlier
+                self.say(f"already exported at step {self.step}: {earlier} (scripts/export.py --model_dir "
+                         f"{config.model_dir} writes another version)")
+            else:
+                result["export_path"] = self._export()
+                self._record_export(result["export_path"])
+                self.say(f"exported SavedModel to {result['export_path']}")
         result["model"] = self.trainer.model
         return result
+
+    def _earlier_export(self):
+        """The version this run already exported at this step into --export_dir, if it still
+        exists: rerunning a finished command (a retried pipeline) wrote the same model again as a
+        new version each time, 80-240 MB apiece."""
+        if self.step != self.start_step:
+            return None
+        exports = checkpoints.read_config(self.config.model_dir).get("exports", [])
+        base = os.path.normpath(self.config.export_dir)
+        for entry in reversed(exports):
+            path = entry.get("path", "")
+            if entry.get("step") == self.step and os.path.normpath(os.path.dirname(path)) == base and tf.io.gfile.exists(path):
+                return path
+        return None
+
+    def _record_export(self, path):
+        """config.json's "exports": each version this run wrote, with the step it holds."""
+        config = checkpoints.read_config(self.config.model_dir)
+        config["exports"] = config.get("exports", []) + [{"step": self.step, "path": path}]
+        checkpoints.write_config(self.config.model_dir, config)
 
 
     def _export(self):

@@ -206,6 +206,22 @@ def test_a_resume_with_other_settings_says_so_and_config_json_keeps_the_earlier_
     assert "warning" not in out.getvalue()
 
 
+def test_rerunning_a_finished_run_does_not_export_the_same_model_again(tmp_path):
+    # A retried pipeline reran the finished command and wrote the same model as a new version
+    # each time. (export_at_chance: two steps learn nothing, and such a run exports nothing.)
+    config = TrainConfig(**{**TINY, "export_dir": str(tmp_path / "saved")}, export_at_chance=True,
+                         model_dir=str(tmp_path / "run"), strategy="default")
+    assert train(config, stream=io.StringIO())["export_path"] == str(tmp_path / "saved" / "1")
+    out = io.StringIO()
+    assert train(config, stream=out)["export_path"] == str(tmp_path / "saved" / "1")
+    assert f"already exported at step 2: {tmp_path / 'saved' / '1'}" in out.getvalue()
+    assert sorted(os.listdir(tmp_path / "saved")) == ["1"]
+    assert checkpoints.read_config(str(tmp_path / "run"))["exports"] == [{"step": 2, "path": str(tmp_path / "saved" / "1")}]
+    # Trained further, or with that version gone, it exports (a new version).
+    assert train(dataclass_replace(config, epochs=2), stream=io.StringIO())["export_path"] == str(tmp_path / "saved" / "2")
+    assert [e["step"] for e in checkpoints.read_config(str(tmp_path / "run"))["exports"]] == [2, 4]
+
+
 def test_a_damaged_newest_checkpoint_is_skipped_and_the_run_resumes(tmp_path, capsys):
     # The case (#14): the newest checkpoint's data file cut to 1,000 bytes (a full disk, a
     # preempted copy), an older one intact beside it, and history.jsonl with a torn last line.
