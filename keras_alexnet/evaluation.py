@@ -169,8 +169,26 @@ def evaluate(probabilities_fn, dataset_fn, strategy=None, top_k=TOP_K, log_every
     majority_share (the largest class's share of the labels this worker read: chance for a
     model that always answers it), seconds and images_per_sec.
     """
-    strategy = strategy or tf.distribute.get_strategy()
-    dataset = strategy.distribute_datasets_from_function(dataset_fn)
+    return Evaluator(probabilities_fn, strategy, top_k)(dataset_fn, log_every, expected_examples)
+
+
+class Evaluator:
+    """`evaluate` with its compiled step made once, for a caller that evaluates again and again
+    (a training run, every epoch): a new step each time traced the model again, twice (the full
+    batches and the last, partial one), and TensorFlow warned about the retracing."""
+
+    def __init__(self, probabilities_fn, strategy=None, top_k=TOP_K):
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.step = _compiled_step(probabilities_fn, self.strategy, top_k)
+
+    def __call__(self, dataset_fn, log_every=0, expected_examples=None):
+        """`evaluate`'s result over the dataset of `dataset_fn` (arguments as there)."""
+        dataset = self.strategy.distribute_datasets_from_function(dataset_fn)
+        return _count_over(dataset, self.step, self.strategy, log_every, expected_examples)
+
+
+def _compiled_step(probabilities_fn, strategy, top_k):
+    """tf.function (images, labels) -> (summed [examples, top-1 hits, top-k hits], summed loss)."""
 
     def replica_step(images, labels):
         def counts():
@@ -191,6 +209,11 @@ def evaluate(probabilities_fn, dataset_fn, strategy=None, top_k=TOP_K, log_every
         return (strategy.reduce(tf.distribute.ReduceOp.SUM, counts, axis=None),
                 strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None))
 
+    return step
+
+
+def _count_over(dataset, step, strategy, log_every, expected_examples):
+    """The loop of `evaluate`: the step over every batch, the totals divided once at the end."""
     examples = top1 = topk = 0
     loss = 0.0
     label_counts = collections.Counter()  # this worker's share of the labels (all of them on one machine)

@@ -300,6 +300,7 @@ class _Run:
         self.iterator = iter(strategy.distribute_datasets_from_function(
             _dataset_fn(config, "train", True, config.seed + self.start_step, image_dtype)))
         self.eval_fn = _dataset_fn(config, "validation", False, config.seed)
+        self.evaluator = evaluation.Evaluator(evaluation.model_probabilities(self.trainer.model), strategy)
         self.say_header()
         self.chance = ChanceWatch(info.num_classes, config, self.say)
         data.BAD_IMAGES.reset()  # this run's skips, said at each epoch's end (say_skipped_images)
@@ -394,7 +395,7 @@ class _Run:
         return epoch, means, epoch_start
 
     def evaluate(self):
-        metrics = evaluation.evaluate(evaluation.model_probabilities(self.trainer.model), self.eval_fn, self.strategy)
+        metrics = self.evaluator(self.eval_fn)
         return {"loss": metrics["loss"], "top1": metrics["top1_accuracy"], "top5": metrics["top5_accuracy"],
                 "examples": metrics["num_examples"], "majority_share": metrics["majority_share"]}
 

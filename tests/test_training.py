@@ -4,6 +4,7 @@ import functools
 import gc
 import io
 import json
+import logging
 import os
 import pathlib
 import re
@@ -19,7 +20,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_alexnet import checkpoints, distribute, recipes, run_config, training
+import keras_alexnet
+from keras_alexnet import checkpoints, data, distribute, evaluation, recipes, run_config, training
 from keras_alexnet.errors import UsageError
 from keras_alexnet.training import Trainer, TrainConfig, TrainingDiverged, check_config, train
 
@@ -204,6 +206,24 @@ def test_a_resume_with_other_settings_says_so_and_config_json_keeps_the_earlier_
     out = io.StringIO()
     train(dataclass_replace(config, epochs=2, learning_rate=2e-3), stream=out)  # the same settings: nothing to say
     assert "warning" not in out.getvalue()
+
+
+def test_the_held_out_evaluation_is_traced_once_per_run_not_every_epoch(tmp_path, caplog):
+    # Each epoch made a new evaluation step and traced the model again, twice (full batches and
+    # the last, partial one): after three epochs TensorFlow warned "5 out of the last 17 calls ...
+    # triggered tf.function retracing" in the middle of a run's output.
+    caplog.set_level(logging.WARNING)
+    config = TrainConfig(**{**TINY, "dataset": "shapes:train=64,validation=20", "epochs": 4, "steps_per_epoch": 1},
+                         model_dir=str(tmp_path), strategy="default")
+    train(config, stream=io.StringIO())
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    evaluator = evaluation.Evaluator(evaluation.model_probabilities(keras_alexnet.build(
+        num_classes=10, input_shape=(SIZE, SIZE, 3), seed=0)))
+    dataset_fn = lambda context: data.make_dataset(  # noqa: E731
+        "shapes:train=64,validation=20", "validation", image_size=SIZE, batch_size=8, training=False, input_context=context)
+    for _ in range(3):
+        assert evaluator(dataset_fn)["num_examples"] == 20
+    assert evaluator.step.experimental_get_tracing_count() <= 2  # 8, 8 and 4 images: at most one retrace
 
 
 def test_rerunning_a_finished_run_does_not_export_the_same_model_again(tmp_path):
