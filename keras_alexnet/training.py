@@ -438,7 +438,9 @@ class _Run:
             return
         self.skipped_said = skipped
         expected = self.info.num_examples.get("validation")
-        counted = f"; the held-out figures count {held_out_examples} of {expected} images" if expected and held_out_examples < expected else ""
+        counted = ""
+        if expected and held_out_examples < expected:
+            counted = f"; the held-out figures count {held_out_examples} of {expected} images"
         self.say(f"warning: {data.BAD_IMAGES.summary()}{counted}: convert or remove them (JPEG, PNG, GIF, BMP or WebP)")
 
     def evaluate_restored(self):
@@ -497,7 +499,8 @@ class _Run:
         base = os.path.normpath(self.config.export_dir)
         for entry in reversed(exports):
             path = entry.get("path", "")
-            if entry.get("step") == self.step and os.path.normpath(os.path.dirname(path)) == base and tf.io.gfile.exists(path):
+            same_place = os.path.normpath(os.path.dirname(path)) == base
+            if entry.get("step") == self.step and same_place and tf.io.gfile.exists(path):
                 return path
         return None
 
