@@ -58,6 +58,19 @@ def pool5_size(size, variant):
     return size
 
 
+def parameter_count(size, variant="paper", num_classes=1000, groups=2):
+    """The number of weights `build` makes at input size S, without building it: fc6's grow with
+    pool5's area (60,965,224 at 227; 4x that near 450 px, 35x near 2000)."""
+    convs = _PAPER_CONVS if variant == "paper" else _ONE_COLUMN_CONVS
+    count, channels = 0, 3
+    for index, (filters, kernel, _, _) in enumerate(convs, start=1):
+        columns = groups if variant == "paper" and index in _TWO_COLUMN_LAYERS else 1
+        count += kernel * kernel * (channels // columns) * filters + filters
+        channels = filters
+    widths = [pool5_size(size, variant) ** 2 * channels, 4096, 4096, num_classes]
+    return count + sum(a * b + b for a, b in zip(widths, widths[1:]))
+
+
 def build(
     num_classes=1000,
     input_shape=(227, 227, 3),

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from keras_alexnet import checkpoints, distribute, finetune, image_folder, optimization, recipes, run_lease
 from keras_alexnet.errors import UsageError, first_line
-from keras_alexnet.model import INITS, VARIANTS, min_input_size
+from keras_alexnet.model import INITS, VARIANTS, min_input_size, parameter_count
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -174,6 +174,33 @@ def check_creatable(path, flag):
         raise UsageError(f"{flag}={path} cannot be created: {existing} is a file; choose a folder path.")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{flag}={path} is not writable ({existing} does not let you write): choose a folder you can write to.")
+
+
+def host_memory_bytes():
+    """This machine's physical memory (what a CPU run's weights must fit in)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits_in_memory(config, num_classes, memory_bytes):
+    """A run on the CPU whose weights, gradients and optimizer slots alone (float32) exceed the
+    machine's memory is refused: at --image_size 2000, fc6 alone holds 3.9 G weights, and the
+    run was killed by the kernel after a minute, without a word."""
+    slots = 2 if config.optimizer == "adam" else 1
+
+    def state_bytes(size):
+        return 4 * (2 + slots) * parameter_count(size, config.variant, num_classes, config.groups)
+
+    if state_bytes(config.image_size) <= memory_bytes:
+        return
+    weights = parameter_count(config.image_size, config.variant, num_classes, config.groups)
+    fits = next((size for size in range(config.image_size, min_input_size(config.variant) - 1, -1)
+                 if state_bytes(size) <= 0.8 * memory_bytes), None)
+    raise UsageError(
+        f"--image_size={config.image_size} makes a network of {weights:,} weights (fc6 grows with the input's area): "
+        f"with their gradients and {config.optimizer}'s state they need {state_bytes(config.image_size) / 2**30:.0f} GiB, "
+        f"more than this machine's {memory_bytes / 2**30:.0f} GiB; "
+        + (f"the weights fit here up to --image_size {fits} (the paper's is 227)." if fits else "use a machine with more memory.")
+    )
 
 
 def check_warmup(warmup_epochs, epochs):

@@ -213,6 +213,8 @@ def train(config, strategy=None, stream=None):
     data.check_readable(config.dataset, min_input_size(), data_dir=config.data_dir, manual_dir=config.manual_dir)
     pretrained = finetune.read(config.weights) if config.weights else None
     config = resolve(start_from(config, pretrained, info), strategy, info)
+    if distribute.device_kind() == "cpu":
+        run_config.check_fits_in_memory(config, info.num_classes, run_config.host_memory_bytes())
     run_config.check_output_folders(config)
     check_resume(config, info.num_classes, info.class_names)
     if config.deterministic:

@@ -331,6 +331,30 @@ def test_a_rerun_with_only_model_dir_and_epochs_continues_the_run_with_its_own_s
     assert "exported SavedModel" not in again.stdout and "nothing exported: held-out" not in again.stdout
 
 
+def test_a_network_too_large_for_the_machines_memory_is_refused_before_it_is_built():
+    # --image_size 2000 makes fc6 3.9 G weights: the run was killed by the kernel after a minute
+    # at 24 GB resident, without a word.
+    config = TrainConfig(image_size=2000, variant="paper", groups=2, optimizer="sgd")
+    with pytest.raises(UsageError) as refused:
+        run_config.check_fits_in_memory(config, 5, 24 * 2**30)
+    assert str(refused.value) == (
+        "--image_size=2000 makes a network of 3,920,891,269 weights (fc6 grows with the input's area): with their "
+        "gradients and sgd's state they need 44 GiB, more than this machine's 24 GiB; the weights fit here up to "
+        "--image_size 1346 (the paper's is 227).")
+    assert 4 * 3 * keras_alexnet.model.parameter_count(1346, "paper", 5, 2) <= 0.8 * 24 * 2**30
+    assert 4 * 3 * keras_alexnet.model.parameter_count(1347, "paper", 5, 2) > 0.8 * 24 * 2**30
+    run_config.check_fits_in_memory(dataclass_replace(config, image_size=227), 1000, 24 * 2**30)  # 0.7 GiB: fine
+    with pytest.raises(UsageError, match="need 1 GiB, more than this machine's 0 GiB; use a machine with more memory"):
+        run_config.check_fits_in_memory(dataclass_replace(config, image_size=227, optimizer="adam"), 1000, 2**28)
+
+
+def test_parameter_count_is_the_built_models():
+    for size, variant, groups, classes in ((227, "paper", 2, 1000), (67, "paper", 1, 5), (300, "paper", 2, 7),
+                                           (224, "one_column", 2, 1000)):
+        model = keras_alexnet.build(num_classes=classes, input_shape=(size, size, 3), variant=variant, groups=groups)
+        assert keras_alexnet.model.parameter_count(size, variant, classes, groups) == model.count_params()
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     # SGD: its step grows with the gradient (Adam's is bounded by the rate and stays finite).
     good = TrainConfig(**TINY, optimizer="sgd", model_dir=str(tmp_path), strategy="default")
