@@ -37,6 +37,7 @@ from keras_alexnet.model import build
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_FILE = "history.jsonl"
+CURVES_FILE = "history.png"  # history.jsonl drawn, after every epoch (training._Run.draw_curves)
 LOG_DIR = "logs"
 STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's list of checkpoints
 DAMAGED_DIR = "damaged"

@@ -294,8 +294,14 @@ def read_history(model_dir_or_file):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: pass a model_dir written by scripts/train.py.")
     # The same reader as the training run's: a torn last line (a run killed mid-write) is skipped.
-    records = {int(record["epoch"]): record for record in read_history_records(path) if "epoch" in record}
-    return [records[epoch] for epoch in sorted(records)]
+    return epoch_records(read_history_records(path))
+
+
+def epoch_records(records):
+    """history.jsonl's epoch records, the last one of each epoch (a resumed run may write an epoch
+    twice), sorted by epoch."""
+    by_epoch = {int(record["epoch"]): record for record in records if "epoch" in record}
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def plot_history(records, path, title=None):

@@ -226,6 +226,21 @@ def test_the_held_out_evaluation_is_traced_once_per_run_not_every_epoch(tmp_path
     assert evaluator.step.experimental_get_tracing_count() <= 2  # 8, 8 and 4 images: at most one retrace
 
 
+def test_a_run_draws_its_curves_after_every_epoch_and_a_drawing_that_fails_never_stops_it(tmp_path):
+    config = TrainConfig(**{**TINY, "epochs": 2, "steps_per_epoch": 1}, model_dir=str(tmp_path / "run"), strategy="default")
+    train(config, stream=io.StringIO())
+    curves = tmp_path / "run" / "history.png"
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (tmp_path / "run" / "history.png.tmp").exists()
+    # A folder where the picture goes: one warning, and the run trains on to its end.
+    curves.unlink()
+    curves.mkdir()
+    out = io.StringIO()
+    assert train(dataclass_replace(config, epochs=4), stream=out)["step"] == 4
+    warned = [line for line in out.getvalue().splitlines() if "could not draw" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"warning: could not draw {curves} (")
+    assert warned[0].endswith("); training goes on without it")
+
+
 def test_rerunning_a_finished_run_does_not_export_the_same_model_again(tmp_path):
     # A retried pipeline reran the finished command and wrote the same model as a new version
     # each time. (export_at_chance: two steps learn nothing, and such a run exports nothing.)
