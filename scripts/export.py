@@ -1,6 +1,6 @@
 """Export a training run's newest checkpoint as a SavedModel for TensorFlow Serving.
 
-    python scripts/export.py --model_dir runs/alexnet                    # -> saved_models/alexnet/<next>
+    python scripts/export.py --model_dir runs/alexnet                    # -> the run's --export_dir/<next>
     python scripts/export.py --model_dir runs/alexnet --export_base /models/alexnet --version 3
     python scripts/export.py --model_dir runs/alexnet --precision mixed_bfloat16   # bfloat16 servers
 
@@ -18,7 +18,8 @@ import _cli as cli
 
 flags.DEFINE_string("model_dir", None, "A training run's directory (config.json and checkpoints/).", required=True)
 flags.DEFINE_string("checkpoint", None, "A checkpoint path prefix in --model_dir (default: the newest).")
-flags.DEFINE_string("export_base", "saved_models/alexnet", "TF Serving's model_base_path: versions are folders inside it.")
+flags.DEFINE_string("export_base", None, "TF Serving's model_base_path: versions are folders inside it (default: the "
+                    "run's own --export_dir, else saved_models/alexnet).")
 flags.DEFINE_integer("version", None, "Version number (default: the next free integer).")
 flags.DEFINE_string("model_name", None, "Model name in the warm-up requests (default: the basename of --export_base).")
 flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
@@ -27,6 +28,7 @@ flags.DEFINE_enum("precision", "float32", ["float32", "mixed_bfloat16"],
                   "docs/serving.md.")
 
 FLAGS = flags.FLAGS
+DEFAULT_EXPORT_BASE = "saved_models/alexnet"  # scripts/train.py's --export_dir default
 
 
 def warn_if_at_chance(model_dir, config):
@@ -53,8 +55,10 @@ def main(argv):
     model, config = checkpoints.restore_model(FLAGS.model_dir, FLAGS.checkpoint)
     warn_if_at_chance(FLAGS.model_dir, config)
     class_names = checkpoints.class_names(config)
+    # Where the run itself exports, so that a served model's versions stay in one folder.
+    export_base = FLAGS.export_base or config.get("export_dir") or DEFAULT_EXPORT_BASE
     path = export.export_saved_model(
-        model, FLAGS.export_base, class_names=class_names, image_size=int(config["image_size"]),
+        model, export_base, class_names=class_names, image_size=int(config["image_size"]),
         version=FLAGS.version, model_name=FLAGS.model_name, mean_image=config.get("mean_rgb"), precision=FLAGS.precision,
     )
     print(path)

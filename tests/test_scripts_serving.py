@@ -158,14 +158,18 @@ def test_export_script_versions_and_errors(run):
                                      f"{run['base']}/1 (its only version).")
 
 
-def test_export_script_warns_about_a_run_that_ended_at_chance(tmp_path):
+def test_export_script_warns_about_a_run_that_ended_at_chance_and_exports_where_the_run_does(tmp_path):
     model_dir = tmp_path / "model_dir"
     write_model_dir(str(model_dir))
     record = {"epoch": 2, "val_top1": 0.09, "val_examples": 1000}  # 10 classes: chance 0.1
     (model_dir / "history.jsonl").write_text(json.dumps({**record, "epoch": 1}) + "\n" + json.dumps(record) + "\n")
+    # Without --export_base: the run's own --export_dir (it was saved_models/alexnet whatever the run's).
+    config = checkpoints.read_config(str(model_dir))
+    checkpoints.write_config(str(model_dir), {**config, "export_dir": str(tmp_path / "base")})
     # (With the opt-in bfloat16 export, to run that flag end to end too.)
-    done = run_script("export.py", "--model_dir", model_dir, "--export_base", tmp_path / "base", "--precision", "mixed_bfloat16")
+    done = run_script("export.py", "--model_dir", model_dir, "--precision", "mixed_bfloat16")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == str(tmp_path / "base" / "1")
     warnings = [line for line in done.stderr.splitlines() if line.startswith("warning: the run's last held-out top-1")]
     assert len(warnings) == 1 and "(0.090 at epoch 2, 1000 images) is within noise of chance (0.100 for 10 classes)" in warnings[0]
     assert tf.saved_model.contains_saved_model(str(tmp_path / "base" / "1"))  # exported all the same, as asked
