@@ -31,6 +31,12 @@ def _split_dir(root, split):
     return None
 
 
+def _ignored(name):
+    """Hidden files and folders, and the __MACOSX folder that a zip made on a Mac unpacks beside
+    the class folders (it would have been taken for a class)."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def is_flat(root):
     """Whether root holds its class folders directly (no train/, val/ or validation/)."""
     return _split_dir(root, "train") is None and _split_dir(root, "validation") is None
@@ -48,7 +54,7 @@ def class_names(root):
         what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
         raise UsageError(f"data directory {root} {what}; expected {_layout(root)}")
     source = _split_dir(root, "train") or _split_dir(root, "validation") or root
-    classes = sorted(entry.name for entry in os.scandir(source) if entry.is_dir() and not entry.name.startswith("."))
+    classes = sorted(entry.name for entry in os.scandir(source) if entry.is_dir() and not _ignored(entry.name))
     if not classes:
         raise UsageError(f"{source} has no class folders; expected {_layout(root)}")
     if len(classes) == 1:  # it trains to 100% and says "done": a classifier of nothing
@@ -98,8 +104,8 @@ def _files_below(folder):
     sorted by path."""
     found = []
     for parent, subfolders, names in os.walk(folder):
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        found += [os.path.join(parent, name) for name in names if not name.startswith(".")]
+        subfolders[:] = [name for name in subfolders if not _ignored(name)]
+        found += [os.path.join(parent, name) for name in names if not _ignored(name)]
     return sorted(found)
 
 
@@ -108,7 +114,7 @@ def _class_files(root, split_dir):
     index = {name: i for i, name in enumerate(class_names(root))}
     paths, labels = [], []
     for entry in sorted(os.scandir(split_dir), key=lambda e: e.name):
-        if entry.name.startswith(".") or not entry.is_dir():
+        if _ignored(entry.name) or not entry.is_dir():
             continue
         if entry.name not in index:
             raise UsageError(f"class folder {entry.path} is not among the train classes in {root}/train")

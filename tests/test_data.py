@@ -253,6 +253,8 @@ def test_images_in_subfolders_of_a_class_folder_are_that_classs(tmp_path):
             (root / split / name / "2024" / "june" / f"c{label}.jpg").write_bytes(_encode(_grey(first + 3 * label + 2)))
             (root / split / name / ".thumbnails" / "t.jpg").write_bytes(_encode(_grey(21)))
             (root / split / name / "2024" / ".hidden.jpg").write_bytes(_encode(_grey(20)))
+    (root / "train" / "__MACOSX" / "cat").mkdir(parents=True)  # a zip made on a Mac, unpacked: not a class
+    (root / "train" / "__MACOSX" / "cat" / "._a0.jpg").write_bytes(b"Mac OS X resource fork")
     info = data.dataset_info(f"folder:{root}")
     assert info.class_names == ["cat", "dog"] and info.num_examples == {"train": 6, "validation": 6}
     ids, labels = _collect(data.make_dataset(f"folder:{root}", "validation", image_size=67, batch_size=4, training=False))
