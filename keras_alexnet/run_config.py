@@ -256,6 +256,8 @@ def inherited_settings(model_dir, given):
     settings = {key: previous[key] for key in INHERITED_SETTINGS if key in previous and key not in given}
     if not str(previous.get("recipe_reason", "")).startswith("--recipe="):
         settings.pop("recipe", None)  # auto's pick: auto picks it again, with its reason
+    if "recipe" in given:  # a recipe named on the rerun decides what it decides, as on a new run
+        settings = {key: value for key, value in settings.items() if key not in recipes.FIELDS}
     if {"dataset", "batch_size"} & set(given):
         settings.pop("steps_per_epoch", None)  # follows from them: an epoch stays one pass over the data
     if (settings.get("warmup_epochs") or 0) >= given.get("epochs", previous.get("epochs") or 0):

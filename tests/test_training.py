@@ -325,6 +325,22 @@ def test_resuming_a_different_model_is_refused(tmp_path):
                           strategy="default"))
 
 
+def test_what_a_rerun_inherits(tmp_path):
+    train(TrainConfig(**{**TINY, "batch_size": 4, "learning_rate": 0.002}, model_dir=str(tmp_path), strategy="default"),
+          stream=io.StringIO())
+    inherited = run_config.inherited_settings(str(tmp_path), {"epochs": 3})
+    assert (inherited["dataset"], inherited["batch_size"], inherited["steps_per_epoch"], inherited["learning_rate"]) == \
+        (SHAPES, 4, 2, 0.002)
+    assert "epochs" not in inherited and "recipe" not in inherited  # given; auto's pick is made again
+    assert "precision" not in inherited and "xla" not in inherited  # the machine's choices
+    assert "steps_per_epoch" not in run_config.inherited_settings(str(tmp_path), {"batch_size": 8})  # follows from it
+    # A recipe named on the rerun decides its own settings (the header named it while the run's
+    # learning rate, batch and schedule were kept).
+    named = run_config.inherited_settings(str(tmp_path), {"recipe": "paper"})
+    assert not set(named) & set(recipes.FIELDS) and named["dataset"] == SHAPES
+    assert run_config.inherited_settings(str(tmp_path / "none"), {}) == {}  # a new run inherits nothing
+
+
 def test_a_rerun_with_only_model_dir_and_epochs_continues_the_run_with_its_own_settings(tmp_path):
     # It was refused ("num_classes=10 ... but this run has ..." with --dataset left out), or,
     # with the dataset given, resumed with the recipe's batch and image size in place of the run's.
