@@ -16,3 +16,9 @@ def first_line(error, limit=160):
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     line = lines[0] if lines else ("" if isinstance(error, str) else type(error).__name__)
     return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def few(names, shown):
+    """'a, b, c and 7 more': the first `shown` of `names`, for a one-line message."""
+    names = list(names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")

@@ -19,6 +19,8 @@ import time
 
 import tensorflow as tf
 
+from keras_alexnet.errors import few
+
 TOP_K = 5
 
 
@@ -76,10 +78,9 @@ def match_classes(dataset_names, model_names):
     index = {name: i for i, name in enumerate(model_names)}
     unknown = [name for name in dataset_names if name not in index]
     if unknown:
-        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         verb = "is" if len(unknown) == 1 else "are"
         raise ValueError(f"{len(unknown)} of its {len(dataset_names)} classes {verb} not among the model's "
-                         f"{len(model_names)} ({shown})")
+                         f"{len(model_names)} ({few(unknown, 5)})")
     return [index[name] for name in dataset_names]
 
 

@@ -13,7 +13,7 @@ import os
 import tensorflow as tf
 
 from keras_alexnet import checkpoints, distribute, finetune, image_folder, optimization, recipes, run_lease
-from keras_alexnet.errors import UsageError, first_line
+from keras_alexnet.errors import UsageError, few, first_line
 from keras_alexnet.model import INITS, VARIANTS, min_input_size, parameter_count
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -298,16 +298,10 @@ def check_resume(config, num_classes, class_names=None):
     # units of other classes. (The same names at another --dataset path, data that moved, resume.)
     if class_names and previous.get("class_names") and list(previous["class_names"]) != list(class_names):
         raise UsageError(
-            f"--model_dir={config.model_dir} holds checkpoints of a run on other classes ({_names(previous['class_names'])}) "
-            f"than --dataset={config.dataset} ({_names(class_names)}): use a new --model_dir or the run's own --dataset "
+            f"--model_dir={config.model_dir} holds checkpoints of a run on other classes ({few(previous['class_names'], 3)}) "
+            f"than --dataset={config.dataset} ({few(class_names, 3)}): use a new --model_dir or the run's own --dataset "
             f"({previous.get('dataset')})."
         )
-
-
-def _names(class_names, shown=3):
-    """'a, b, c and 7 more': a few class names, for a message."""
-    names = list(class_names)
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def _other_start_message(config, previous):
