@@ -80,14 +80,17 @@ class RunLog:
         self.writer.flush()
 
     def epoch(self, record):
+        """Append `record` to history.jsonl; returns every record the file now holds ([] when not
+        enabled), for the run's curves (training._Run.draw_curves), so they need not read it back."""
         if not self.enabled:
-            return
-        lines = [json.dumps(earlier, sort_keys=True) for earlier in read_history_records(self.history_path)]
-        lines.append(json.dumps(record, sort_keys=True))
+            return []
+        records = read_history_records(self.history_path) + [record]
+        lines = [json.dumps(each, sort_keys=True) for each in records]
         tmp = self.history_path + ".tmp"
         with tf.io.gfile.GFile(tmp, "w") as f:
             f.write("\n".join(lines) + "\n")
         tf.io.gfile.rename(tmp, self.history_path, overwrite=True)
+        return records
 
 
 def read_history_records(path):

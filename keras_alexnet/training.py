@@ -27,7 +27,7 @@ from tensorflow.python.framework.ops import _gradient_registry as _GRADIENT_REGI
 
 from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, finetune, optimization, run_config, run_lease
 from keras_alexnet.errors import UsageError, first_line
-from keras_alexnet.logs import Progress, RunLog, read_history_records
+from keras_alexnet.logs import Progress, RunLog
 from keras_alexnet.model import min_input_size
 from keras_alexnet.run_config import TrainConfig, check_config, check_resume, resolve, start_from  # noqa: F401 (TrainConfig: importable from here too)
 
@@ -418,8 +418,7 @@ class _Run:
             "images_per_sec": means["images_per_sec"],
             "seconds": time.perf_counter() - epoch_start,
         }
-        self.run_log.epoch(record)
-        self.draw_curves()
+        self.draw_curves(self.run_log.epoch(record))
         self.write_train_scalars()
         self.run_log.scalars(self.step, {"loss": held_out["loss"], "top1": held_out["top1"], "top5": held_out["top5"]}, "val/")
         if self.chief:
@@ -434,10 +433,10 @@ class _Run:
             raise self.preempted()
         return self._result(epoch + 1, held_out)
 
-    def draw_curves(self):
-        """model_dir/history.png: the run's loss, errors and rate per epoch (figures.plot_history),
-        redrawn after every epoch (0.15 s here) and swapped in whole. A drawing that fails says so
-        once and never stops the run."""
+    def draw_curves(self, history):
+        """model_dir/history.png: the run's loss, errors and rate per epoch (figures.plot_history)
+        from `history`, the records of history.jsonl, redrawn after every epoch (0.15 s here) and
+        swapped in whole. A drawing that fails says so once and never stops the run."""
         if not self.chief or self.curves_failed:
             return
         from keras_alexnet import figures  # matplotlib: loaded only by a run that draws
@@ -445,8 +444,7 @@ class _Run:
         path = os.path.join(self.config.model_dir, checkpoints.CURVES_FILE)
         try:
             with tempfile.TemporaryDirectory() as scratch:  # drawn locally: model_dir may be gs://
-                records = figures.epoch_records(read_history_records(self.run_log.history_path))
-                drawn = figures.plot_history(records, os.path.join(scratch, "history.png"),
+                drawn = figures.plot_history(figures.epoch_records(history), os.path.join(scratch, "history.png"),
                                              title=f"{self.config.model_dir}: {self.config.dataset}")
                 tf.io.gfile.copy(drawn, path + ".tmp", overwrite=True)
                 tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
