@@ -138,7 +138,7 @@ def run():
     expected = info.num_examples.get(FLAGS.split)
     log_every = FLAGS.log_every
     if log_every is None:  # about ten lines: an ImageNet ten-crop evaluation on a CPU takes half an hour
-        log_every = max(1, -(-(expected or 0) // FLAGS.batch_size) // 10) if expected else 0
+        log_every = max(1, -(-expected // FLAGS.batch_size) // 10) if expected else 0
     result = evaluation.evaluate(probabilities, dataset_fn, strategy=strategy, log_every=log_every,
                                  expected_examples=expected)
     if expected is not None and expected != result["num_examples"]:
