@@ -18,6 +18,8 @@ import sys
 
 from absl import app, flags, logging
 
+import _startup_noise
+
 USAGE_EXIT_CODE = 2
 
 # TensorFlow's BFC allocator for host memory: with large, short-lived gradient buffers it cut
@@ -27,6 +29,8 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 # TensorFlow's C++ INFO lines (XLA service start, "Compiled cluster using XLA!") hidden; warnings
 # and errors still shown. The environment wins: TF_CPP_MIN_LOG_LEVEL=0 shows everything.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# The lines TensorFlow prints before it reads that level (oneDNN, no CUDA driver) filtered out too.
+_startup_noise.install()
 
 
 def fail(message, code=USAGE_EXIT_CODE):
