@@ -10,6 +10,7 @@ A class's images are the files anywhere below its folder, subfolders included. T
   held-out image into training.
 """
 
+import collections
 import functools
 import hashlib
 import os
@@ -109,6 +110,23 @@ def _files_below(folder):
     return sorted(found)
 
 
+# Images that TensorFlow's decoders do not read and scripts/prepare_data.py (Pillow) does.
+CONVERTIBLE_EXTENSIONS = (".tif", ".tiff")
+
+
+def _no_images_message(root, folder, files):
+    """Why a class folder has no images: empty, or which kinds of files it holds instead."""
+    if not files:
+        return f"class folder {folder} has no images; expected {folder}/*.jpg (or .png)"
+    kinds = collections.Counter(os.path.splitext(path)[1].lower() or "no extension" for path in files)
+    held = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common(3))
+    fix = "convert them to JPEG or PNG"
+    if any(kind in CONVERTIBLE_EXTENSIONS for kind in kinds):
+        fix += f", or write the folder as TFRecords with scripts/prepare_data.py --input_dir {root} (it reads TIFF)"
+    return (f"class folder {folder} has no images TensorFlow decodes (JPEG, PNG, GIF, BMP, WebP), only "
+            f"{len(files)} other file{'s' if len(files) > 1 else ''} ({held}): {fix}")
+
+
 def _class_files(root, split_dir):
     """(paths, labels) of every file in split_dir's class folders, sorted by class then file name."""
     index = {name: i for i, name in enumerate(class_names(root))}
@@ -120,7 +138,7 @@ def _class_files(root, split_dir):
             raise UsageError(f"class folder {entry.path} is not among the train classes in {root}/train")
         files = _files_below(entry.path)
         if not any(path.lower().endswith(IMAGE_EXTENSIONS) for path in files):
-            raise UsageError(f"class folder {entry.path} has no images; expected {entry.path}/*.jpg (or .png)")
+            raise UsageError(_no_images_message(root, entry.path, files))
         # Every file is kept: a non-image is skipped and counted at decode time, never silently.
         paths.extend(files)
         labels.extend([index[entry.name]] * len(files))

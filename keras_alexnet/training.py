@@ -25,7 +25,7 @@ import tensorflow as tf
 # Private: the registry tf.custom_gradient adds to (see forgetting_traced_gradients).
 from tensorflow.python.framework.ops import _gradient_registry as _GRADIENT_REGISTRY
 
-from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, finetune, optimization, run_config, run_lease
+from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, finetune, image_folder, optimization, run_config, run_lease
 from keras_alexnet.errors import UsageError, first_line
 from keras_alexnet.logs import Progress, RunLog
 from keras_alexnet.model import min_input_size
@@ -463,7 +463,10 @@ class _Run:
         counted = ""
         if expected and held_out_examples < expected:
             counted = f"; the held-out figures count {held_out_examples} of {expected} images"
-        self.say(f"warning: {data.BAD_IMAGES.summary()}{counted}: convert or remove them (JPEG, PNG, GIF, BMP or WebP)")
+        fix = "convert or remove them (JPEG, PNG, GIF, BMP or WebP)"
+        if any(name.lower().endswith(image_folder.CONVERTIBLE_EXTENSIONS) for name in data.BAD_IMAGES.names):
+            fix += "; TIFF files can also be written as TFRecords by scripts/prepare_data.py, which reads them"
+        self.say(f"warning: {data.BAD_IMAGES.summary()}{counted}: {fix}")
 
     def evaluate_restored(self):
         held_out = self.evaluate()

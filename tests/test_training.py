@@ -522,7 +522,8 @@ def test_files_that_are_not_readable_images_are_said_once_with_the_held_out_coun
     said = [line for line in out.getvalue().splitlines() if "undecodable" in line]
     assert said == [f"warning: 2 undecodable images skipped; first: {tmp_path}/photos/train/a/scan.tiff, "
                     f"{tmp_path}/photos/val/b/notes.txt; the held-out figures count 8 of 9 images: convert or remove "
-                    "them (JPEG, PNG, GIF, BMP or WebP)"]  # once: the same files fail again in epoch 2
+                    "them (JPEG, PNG, GIF, BMP or WebP); TIFF files can also be written as TFRecords by "
+                    "scripts/prepare_data.py, which reads them"]  # once: the same files fail again in epoch 2
 
 
 def test_data_of_which_no_image_decodes_is_one_error_line_not_a_run_that_waits_forever(tmp_path):
