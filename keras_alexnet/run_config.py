@@ -12,7 +12,7 @@ import os
 
 import tensorflow as tf
 
-from keras_alexnet import checkpoints, distribute, finetune, image_folder, optimization, recipes, run_lease
+from keras_alexnet import checkpoints, distribute, finetune, image_folder, optimization, recipes, run_lease, sources
 from keras_alexnet.errors import UsageError, few, first_line
 from keras_alexnet.model import INITS, VARIANTS, min_input_size, parameter_count
 
@@ -328,6 +328,19 @@ def start_from(config, pretrained, info):
             started, classifier_lr_multiplier=finetune.classifier_lr_multiplier(started, pretrained, info.num_classes))
     check_warmup(config.warmup_epochs, started.epochs)  # the flag's warm-up against the recipe's epochs
     return started
+
+
+def _absolute(path):
+    return path if not path or "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_paths(config):
+    """The run's data, export and weight paths made absolute, so that config.json names the same
+    files whatever the working directory of the rerun, evaluate.py or export.py that reads it
+    (relative ones broke those from any other folder). model_dir stays as given."""
+    return dataclasses.replace(
+        config, dataset=sources.absolute_spec(config.dataset), export_dir=_absolute(config.export_dir),
+        weights=_absolute(config.weights), data_dir=_absolute(config.data_dir), manual_dir=_absolute(config.manual_dir))
 
 
 def resolve(config, strategy, info):

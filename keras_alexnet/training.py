@@ -206,6 +206,7 @@ def train(config, strategy=None, stream=None):
     epoch end; val/ loss, top1 and top5 at each epoch end.
     """
     check_config(config)
+    config = run_config.absolute_paths(config)
     if strategy is None:
         strategy = distribute.get_strategy(config.strategy, tpu=config.tpu, num_gpus=config.num_gpus)
     info = data.dataset_info(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)

@@ -21,7 +21,7 @@ import pytest
 import tensorflow as tf
 
 import keras_alexnet
-from keras_alexnet import checkpoints, data, distribute, evaluation, recipes, run_config, training
+from keras_alexnet import checkpoints, data, distribute, evaluation, recipes, run_config, sources, training
 from keras_alexnet.errors import UsageError
 from keras_alexnet.training import Trainer, TrainConfig, TrainingDiverged, check_config, train
 
@@ -323,6 +323,27 @@ def test_resuming_a_different_model_is_refused(tmp_path):
                                          r"than --dataset=synthetic:num_classes=10 \(0, 1, 2 and 7 more\)"):
         train(TrainConfig(**{**TINY, "dataset": "synthetic:num_classes=10", "optimizer": "adam"}, model_dir=str(tmp_path),
                           strategy="default"))
+
+
+def test_config_json_names_the_data_and_export_paths_absolutely(tmp_path, monkeypatch):
+    # Relative paths were stored as given: a rerun, evaluate.py or export.py started in another
+    # folder read "folder:photos" there ("data directory photos does not exist") and exported
+    # new versions beside it.
+    assert sources.absolute_spec("tfrecord:shards/train-*?mean=channel") == \
+        f"tfrecord:{os.getcwd()}/shards/train-*?mean=channel"
+    assert sources.absolute_spec("tfrecord:gs://bucket/shards") == "tfrecord:gs://bucket/shards"
+    assert sources.absolute_spec("tfds:mnist") == "tfds:mnist" and sources.absolute_spec(SHAPES) == SHAPES
+    photos = tmp_path / "photos"
+    for name in ("a", "b"):
+        (photos / name).mkdir(parents=True)
+        for i in range(5):
+            (photos / name / f"{i}.png").write_bytes(tf.io.encode_png(np.full((70, 70, 3), 60 * i, np.uint8)).numpy())
+    monkeypatch.chdir(tmp_path)
+    train(TrainConfig(**{**TINY, "dataset": "folder:photos", "batch_size": 4, "steps_per_epoch": 1, "export_dir": "exports",
+                         "export_at_chance": True}, model_dir="run", strategy="default"), stream=io.StringIO())
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["dataset"], config["export_dir"]) == (f"folder:{photos}", str(tmp_path / "exports"))
+    assert (tmp_path / "exports" / "1").is_dir()
 
 
 def test_what_a_rerun_inherits(tmp_path):

@@ -19,6 +19,8 @@ or, for a source that makes finished batches itself (synthetic), `batches(...)` 
 `records`. Adding a source is one module here and one line in SOURCES (docs/input.md).
 """
 
+import os
+
 from keras_alexnet.errors import UsageError
 from keras_alexnet.sources.folder import Folder
 from keras_alexnet.sources.shapes import Shapes
@@ -44,3 +46,13 @@ def open_source(spec, data_dir=None, manual_dir=None):
     if source is None or (source.NEEDS_ARGUMENT and not argument):
         raise UsageError(f"unknown dataset {spec!r}; expected {forms()}")
     return source(spec, argument, data_dir=data_dir, manual_dir=manual_dir)
+
+
+def absolute_spec(spec):
+    """The dataset string with a local folder: or tfrecord: path made absolute (~ expanded), the
+    same files from any working directory; other strings, and URLs (gs://...), as they are."""
+    kind, _, argument = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    if kind not in ("folder", "tfrecord") or not argument or "://" in argument:
+        return spec
+    path, mark, options = argument.partition("?") if kind == "tfrecord" else (argument, "", "")
+    return f"{kind}:{os.path.abspath(os.path.expanduser(path))}{mark}{options}"
