@@ -339,7 +339,7 @@ def plot_history(records, path, title=None):
             rate_axis.set_yscale("log")
     rate_axis.set_title("learning rate")
     for axis in (loss_axis, error_axis, rate_axis):
-        axis.set_xlabel("epoch")
+        _epoch_axis(axis)
         axis.grid(True, alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=8)
@@ -367,7 +367,7 @@ def plot_learning_check(runs, path, title=None, baseline=None, labels=("", "")):
         chance = 100.0 / next(r["num_classes"] for r in runs if r["set"] == name)
         axis.axhline(chance, color="gray", linestyle=":", label="chance")
         axis.set_title(name, fontsize=10)
-        axis.set_xlabel("epoch")
+        _epoch_axis(axis)
         axis.set_ylim(0, 100)
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8, loc="lower right")
@@ -406,13 +406,36 @@ def _figure(width, height):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+# What a figure's file name may end with: the format is the extension's (PNG unless asked).
+FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+
+
+def _epoch_axis(axis):
+    """An x axis of whole epochs (not 1.25, 1.50, ... on a short run)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_xlabel("epoch")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def check_format(path):
+    """The figure format that `path` names (its extension); a UsageError for any other name (it
+    was written as PNG whatever the name said)."""
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    if extension not in FORMATS:
+        raise UsageError(f"cannot write the figure {path}: its name must end in .png (or .pdf, .svg, .jpg), "
+                         f"e.g. {os.path.splitext(path)[0]}.png")
+    return extension
+
+
 def _save(figure, path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    extension = check_format(path)
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         FigureCanvasAgg(figure)
-        figure.savefig(path, format="png")
+        figure.savefig(path, format=extension)
     except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as error:
         raise UsageError(f"cannot write the figure {path} ({error.strerror}): choose a path you can write to, "
                          "e.g. --out FILE.png in your own folder.") from None

@@ -27,7 +27,7 @@ flags.DEFINE_integer("num_queries", 5, "Queries taken from --query_split (the pa
 flags.DEFINE_integer("k", 6, "Neighbours per query (the paper shows 6).")
 flags.DEFINE_integer("batch_size", 64, "Images per batch when computing activations.")
 flags.DEFINE_string("features_dir", None, "Where to write the activations (default: a temporary directory, removed after).")
-flags.DEFINE_string("out", "fig4.png", "The PNG to write.")
+flags.DEFINE_string("out", "fig4.png", "The figure to write: .png, or .pdf, .svg, .jpg by its name.")
 
 FLAGS = flags.FLAGS
 
@@ -59,6 +59,7 @@ def run():
     from keras_alexnet.run_config import check_writable
 
     # Both are written after the whole split's activations are computed (an hour on ImageNet).
+    figures.check_format(FLAGS.out)
     check_writable(os.path.dirname(os.path.abspath(FLAGS.out)), "the folder of --out")
     if FLAGS.features_dir:
         check_writable(FLAGS.features_dir, "--features_dir")

@@ -12,7 +12,7 @@ from absl import flags
 
 import _cli as cli
 
-flags.DEFINE_string("out", None, "The PNG to write (default: MODEL_DIR/history.png).")
+flags.DEFINE_string("out", None, "The figure to write: .png, or .pdf, .svg, .jpg by its name (default: MODEL_DIR/history.png).")
 
 FLAGS = flags.FLAGS
 

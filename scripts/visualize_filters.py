@@ -14,7 +14,7 @@ import _cli as cli
 flags.DEFINE_string("model_dir", None, "A training run's directory (config.json and checkpoints/).")
 flags.DEFINE_string("weights", None, "A weight file instead: .keras, Caffe .caffemodel/.npz/.npy, torchvision .pth.")
 flags.DEFINE_bool("allow_pickle", False, "Read a pickled .npy (unpickling a file can run code: only files you trust).")
-flags.DEFINE_string("out", "conv1.png", "The PNG to write.")
+flags.DEFINE_string("out", "conv1.png", "The figure to write: .png, or .pdf, .svg, .jpg by its name.")
 flags.DEFINE_integer("per_row", 16, "Kernels per row.")
 
 FLAGS = flags.FLAGS

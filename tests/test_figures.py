@@ -173,6 +173,13 @@ def test_plot_history_png(tmp_path):
     for path in ("/proc/no_such_folder/history.png", str(blocked / "history.png")):
         with pytest.raises(UsageError, match=rf"^cannot write the figure {path} \(.+\): choose a path you can write to"):
             figures.plot_history(records, path)
+    # The format is the name's: a PDF for a paper; a .jpg name got PNG bytes before.
+    assert open(figures.plot_history(records, str(tmp_path / "history.pdf")), "rb").read(5) == b"%PDF-"
+    assert open(figures.plot_history(records, str(tmp_path / "history.jpg")), "rb").read(3) == b"\xff\xd8\xff"
+    for name in ("history.tif", "history"):
+        with pytest.raises(UsageError, match=rf"^cannot write the figure {tmp_path / name}: its name must end in .png "
+                                             rf"\(or .pdf, .svg, .jpg\), e.g. {tmp_path / 'history'}.png$"):
+            figures.plot_history(records, str(tmp_path / name))
 
 
 # --- scripts ------------------------------------------------------------------------------------
@@ -207,6 +214,8 @@ def test_script_errors_are_one_line(tmp_path):
     # An --out that cannot be written is refused before the model loads and the activations are
     # computed, not after (the weight file is never read: an empty one does).
     (tmp_path / "empty.keras").write_bytes(b"")
+    done = run_script("nearest_neighbors.py", f"--weights={tmp_path / 'empty.keras'}", "--dataset=shapes", "--out=fig4.tif")
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: cannot write the figure fig4.tif")
     for flag, value in (("--out", "/proc/no_such_folder/fig4.png"), ("--features_dir", "/proc/no_such_folder")):
         done = run_script("nearest_neighbors.py", f"--weights={tmp_path / 'empty.keras'}", "--dataset=shapes", f"{flag}={value}")
         assert done.returncode == 2 and "Traceback" not in done.stderr and done.stdout == ""
