@@ -167,7 +167,9 @@ def skip_bad_examples(records, load, view, placeholder, num_classes, report=_rep
         reported = tf.cond(tf.size(failed) > 0, lambda: report(failed), lambda: tf.constant(True))
         with tf.control_dependencies([reported]):
             keep = tf.shape(done)[0] - 1  # the placeholder is last
-            return tf.nest.map_structure(lambda x: x[:keep], (views, labels_))
+            # A copy, not x[:keep]: at sizes where the views are memory-aligned (S a multiple of
+            # 4) that slice shares the group's buffer, and rebatch then logs an E line per group.
+            return tf.nest.map_structure(lambda x: tf.gather(x, tf.range(keep)), (views, labels_))
 
     groups = records.batch(GROUP_SIZE).interleave(attempt, cycle_length=tf.data.AUTOTUNE, block_length=1,
                                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=keep_order)
