@@ -499,6 +499,8 @@ class _Run:
         result["learned"] = not self.chance.at_chance(result["val_top1"], result["val_examples"], result["val_majority_share"])
         result["num_classes"] = info.num_classes
         result["chance_ceiling"] = self.chance.ceiling(result["val_examples"], result["val_majority_share"])
+        if not result["learned"]:
+            self.chance.at_end(config.epochs)
         if self.chief and config.export_dir and not (result["learned"] or config.export_at_chance):
             self.say(f"nothing exported: held-out top-1 {result['val_top1']:.3f} is within noise of chance, and a model that "
                      "learned nothing must not replace a served one (--export_at_chance exports anyway)")
@@ -578,6 +580,18 @@ class ChanceWatch:
         self.say(f"warning: held-out top-1 {held_out['top1']:.3f} after {epoch} epochs is within noise of chance "
                  f"({evaluation.describe_chance(self.num_classes, held_out['majority_share'])}): the network is not learning. "
                  f"{self.fix()}")
+
+    def at_end(self, epochs):
+        """A run that ends at chance before its warning epoch (a short trial run) is told that it was
+        too short to tell, since the optimizer's flags are not what it needs."""
+        first = max(CHANCE_WARNING_EPOCH, math.ceil(self.config.warmup_epochs))
+        if self.warned or epochs >= first:
+            return
+        self.warned = True
+        warmup = self.config.warmup_epochs
+        warmup = f" (warm-up {warmup:g} epoch{'s' if warmup != 1 else ''})" if warmup else ""
+        self.say(f"warning: {epochs} epoch{'s' if epochs > 1 else ''} is too short to tell whether the network learns"
+                 f"{warmup}: train for longer, e.g. --epochs={max(15, 3 * first)}; docs/recipes.md.")
 
     def fix(self):
         """The flags to change, for the recipe this run uses."""
