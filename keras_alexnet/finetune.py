@@ -13,7 +13,10 @@ scripts/convert_weights.py --input RUN_DIR). docs/finetune.md has the recipe and
 
 import dataclasses
 import hashlib
+import os
 
+from keras_alexnet import checkpoints
+from keras_alexnet import model as model_lib
 from keras_alexnet import weights as weight_files
 from keras_alexnet.errors import UsageError
 
@@ -42,6 +45,51 @@ def read(path, allow_pickle=False):
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return Pretrained(path=str(path), sha256=digest.hexdigest(), source=source)
+
+
+class RecordedWeights:
+    """What a run's config.json says about the --weights file it started from: a stand-in for the
+    file when the run resumes from its own checkpoint, which holds the weights, and the file has
+    been moved or deleted since (a 240 MB caffemodel cleaned up, a job moved to another machine)."""
+
+    def __init__(self, previous):
+        self.variant, self.groups, self.convention = previous["variant"], previous["groups"], previous["convention"]
+        self.size = previous["image_size"]
+        self.pool5_size = model_lib.pool5_size(self.size, self.variant)
+        self.num_classes = None  # unknown without the file; for_run takes the run's fc8 rate instead
+
+    def input_sizes(self):
+        return [self.size]
+
+    def default_input_size(self):
+        return self.size
+
+
+def for_run(config):
+    """(config, Pretrained or None) for a training run: its --weights file read, or, when the file
+    is gone and the run has a checkpoint to resume from, what config.json recorded of it (with the
+    run's fc8 rate multiplier, which depends on the file's classes)."""
+    if not config.weights:
+        return config, None
+    if os.path.exists(config.weights) or "://" in config.weights:
+        return config, read(config.weights)
+    previous = _recorded_run(config.model_dir)
+    if previous is None or previous.get("weights_sha256") is None:
+        return config, read(config.weights)  # its one-line error: no such weight file
+    multiplier = config.classifier_lr_multiplier
+    config = dataclasses.replace(config, classifier_lr_multiplier=previous.get("classifier_lr_multiplier")
+                                 if multiplier is None else multiplier)
+    return config, Pretrained(path=config.weights, sha256=previous["weights_sha256"], source=RecordedWeights(previous))
+
+
+def _recorded_run(model_dir):
+    """The config.json of a run in model_dir that has a checkpoint, or None."""
+    if checkpoints.latest_checkpoint(model_dir) is None:
+        return None
+    try:
+        return checkpoints.read_config(model_dir)
+    except (FileNotFoundError, UsageError):
+        return None
 
 
 def configure(config, pretrained):
@@ -85,6 +133,9 @@ def classifier_lr_multiplier(config, pretrained, num_classes):
 
 def load(model, pretrained, say):
     """Load the file's layers into the freshly built `model` and say what came from it."""
+    if isinstance(pretrained.source, RecordedWeights):  # the run's checkpoints proved unreadable
+        raise UsageError(f"--weights={pretrained.path} no longer exists and no checkpoint of this run could be read: "
+                         f"put the file back (sha256 {pretrained.sha256[:12]}...) to start from it again.")
     new = classifier_is_new(pretrained, model.output_shape[-1])
     weight_files.load_weights(model, pretrained.source, warn_new_classifier=False)
     kept = "conv1-fc7" if new else "conv1-fc8"

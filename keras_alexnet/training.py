@@ -212,7 +212,7 @@ def train(config, strategy=None, stream=None):
     info = data.dataset_info(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)
     # Both splits must hold an image that decodes; any input size tells (the run's is not chosen yet).
     data.check_readable(config.dataset, min_input_size(), data_dir=config.data_dir, manual_dir=config.manual_dir)
-    pretrained = finetune.read(config.weights) if config.weights else None
+    config, pretrained = finetune.for_run(config)
     config = resolve(start_from(config, pretrained, info), strategy, info)
     if distribute.device_kind() == "cpu":
         run_config.check_fits_in_memory(config, info.num_classes, run_config.host_memory_bytes())

@@ -5,6 +5,8 @@ input size (67 px, a 1x1 pool5 map), so nothing is downloaded and each run takes
 """
 
 import dataclasses
+import json
+import shutil
 
 import keras
 import numpy as np
@@ -88,6 +90,27 @@ def test_resuming_continues_from_the_checkpoint_not_the_file(tmp_path, caffe_npz
     assert "resumed from" in capsys.readouterr().out
     with pytest.raises(UsageError, match="trainable=all, but this run has trainable=fc: .*--trainable"):
         train(dataclasses.replace(config, epochs=3, trainable="fc"))
+
+
+def test_a_run_resumes_after_its_weight_file_is_gone(tmp_path, caffe_npz, capsys):
+    # The file was read again on every resume: deleting it (or moving the job to a machine
+    # without it) made "error: ...: no such weight file" of a run whose checkpoint holds the weights.
+    weight_file = tmp_path / "bvlc_alexnet_67.npz"
+    shutil.copy(caffe_npz, weight_file)
+    config = TrainConfig(**RUN, weights=str(weight_file), model_dir=str(tmp_path / "run"))
+    train(config)
+    weight_file.unlink()
+    capsys.readouterr()
+    train(dataclasses.replace(config, epochs=2))
+    assert "resumed from" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["classifier_lr_multiplier"], saved["convention"], saved["epochs"]) == (10.0, "caffe", 2)
+    with pytest.raises(FileNotFoundError, match="no such weight file"):  # a new run needs the file itself
+        train(dataclasses.replace(config, model_dir=str(tmp_path / "other")))
+    for data_file in (tmp_path / "run" / "checkpoints").glob("ckpt-*.data-*"):
+        data_file.write_bytes(b"")  # no checkpoint left to resume from, and no file to start from
+    with pytest.raises(UsageError, match=r"no longer exists and no checkpoint of this run could be read: put the file back"):
+        train(dataclasses.replace(config, epochs=3))
 
 
 def test_classifier_multiplier_scales_fc8s_sgd_step_only(tmp_path):
