@@ -90,8 +90,10 @@ def report(manifest):
 def main(argv):
     check_flags()
     from keras_alexnet import prepare
-    from keras_alexnet.run_config import check_writable
+    from keras_alexnet.run_config import check_outside_data, check_writable
 
+    if FLAGS.input_dir:  # inside it, the shards' folder would be listed as a class, now and by later runs
+        check_outside_data(FLAGS.output_dir, "--output_dir", f"folder:{FLAGS.input_dir}")
     check_writable(FLAGS.output_dir, "--output_dir")  # before any image is read
     if FLAGS.finalize:
         manifest = prepare.finalize(FLAGS.output_dir)

@@ -322,6 +322,18 @@ def test_an_output_dir_that_cannot_be_written_is_one_line_before_any_image_is_re
     assert errors[0].startswith("error: --output_dir=/proc/no_such_folder is not writable (")
 
 
+def test_an_output_dir_inside_the_image_folder_is_refused_before_it_is_made(tmp_path):
+    # It was made first and then listed as a class ("class folder .../records has no images"),
+    # and the empty folder left behind broke every later `--dataset folder:` run on those images.
+    for name in ("cat", "dog"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+    process = _script(f"--output_dir={tmp_path / 'photos' / 'records'}", f"--input_dir={tmp_path / 'photos'}")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2 and stderr.strip().startswith(f"error: --output_dir={tmp_path}/photos/records is inside "
+                                                                 f"the dataset folder {tmp_path}/photos"), stderr
+    assert sorted(os.listdir(tmp_path / "photos")) == ["cat", "dog"]
+
+
 def test_training_with_mean_channel_records_it_and_exports_it(prepared, tmp_path):
     from keras_alexnet import export, training
 
