@@ -181,7 +181,8 @@ def cpu_description(cpuinfo="/proc/cpuinfo"):
 # machine"): on AVX2-only CPUs it is faster at every size (+34% at 227, AMD EPYC Zen 1); on
 # AVX-512 CPUs TensorFlow's own oneDNN kernels beat it from about 96 px (x1.21 at 99, x1.28 at
 # 131, x1.39 at 227 on an AMD EPYC with AVX-512; x1.38 at 227 on an Intel Sapphire Rapids) while
-# XLA stays ahead below (x1.02-1.16 at 67-83 px).
+# XLA stays ahead below (x1.02-1.16 at 67-83 px). An AVX-512 core capped at AVX2 behaved like
+# the AVX-512 machines (XLA off x1.09 at 227), but it is an emulation, not a measured AVX2 machine.
 XLA_OFF_FROM_SIZE_ON_AVX512 = 96
 
 
