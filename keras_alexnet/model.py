@@ -1,6 +1,7 @@
 """AlexNet as a Keras functional model (Krizhevsky, Sutskever, Hinton, NIPS 2012, §3, Fig. 2)."""
 
 import math
+import numbers
 
 import keras
 
@@ -160,6 +161,9 @@ def _check_build_arguments(variant, init, groups, input_shape, classifier_activa
         raise ValueError(f"groups must be 1 or 2, got {groups!r}.")
     if len(input_shape) != 3 or input_shape[0] != input_shape[1] or input_shape[2] != 3:
         raise ValueError(f"input_shape must be (S, S, 3), got {input_shape}.")
+    if not isinstance(input_shape[0], numbers.Integral):  # (None, None, 3) failed deep inside with a TypeError
+        raise ValueError(f"input_shape must be (S, S, 3) with S a whole number of pixels, got {input_shape}: "
+                         "the sizes of fc6 and of every feature map follow from S.")
     smallest = min_input_size(variant)
     if input_shape[0] < smallest:
         raise ValueError(f"input_shape {input_shape} is too small for variant {variant!r}: use at least {smallest}x{smallest}.")

@@ -84,6 +84,9 @@ def test_bad_arguments_are_clear():
         keras_alexnet.build(init="he")
     with pytest.raises(ValueError, match="input_shape"):
         keras_alexnet.build(input_shape=(100, 90, 3))
+    with pytest.raises(ValueError, match=r"S a whole number of pixels, got \(None, None, 3\)"):  # was a TypeError
+        keras_alexnet.build(input_shape=(None, None, 3))
+    assert keras_alexnet.build(input_shape=tuple(np.array([67, 67, 3])), include_top=False).input_shape == (None, 67, 67, 3)
 
 
 def test_include_top_false_and_fc7_features():
