@@ -30,6 +30,8 @@ FLAGS = flags.FLAGS
 # keras_alexnet.image_folder.IMAGE_EXTENSIONS (a test checks); importing it would load
 # TensorFlow before the usage errors are answered.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+# Image formats a folder argument may hold that the serving signature cannot decode: said, not skipped silently.
+UNREAD_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl")
 
 
 def load_predictor():
@@ -64,7 +66,13 @@ def expand_folders(paths):
         if not os.path.isdir(path):
             expanded.append(path)
             continue
-        images = sorted(os.path.join(path, name) for name in os.listdir(path) if name.lower().endswith(IMAGE_EXTENSIONS))
+        names = os.listdir(path)
+        images = sorted(os.path.join(path, name) for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+        unread = [name for name in names if name.lower().endswith(UNREAD_IMAGE_EXTENSIONS)]
+        if unread:
+            print(f"warning: {path}: {len(unread)} image file(s) left out ({', '.join(sorted(unread)[:3])}"
+                  f"{', ...' if len(unread) > 3 else ''}): only {' '.join(IMAGE_EXTENSIONS)} are read; convert them to JPEG "
+                  "or PNG", file=sys.stderr)
         expanded.extend(images or [path])
     return expanded
 

@@ -218,6 +218,7 @@ def test_predict_script_answers_a_folder_with_its_image_files(run, tmp_path):
     images = run["images"]
     empty = tmp_path / "empty"
     empty.mkdir()
+    (empty / "scan.tif").write_bytes(b"II*\x00")  # a format the signature does not decode: said, not silently left out
     result = run_script("predict.py", os.path.dirname(images["photo.jpg"]), empty, "--saved_model", os.path.join(run["base"], "1"))
     assert result.returncode == 1, result.stderr[-3000:]
     # photo.jpg and stripes.png, in name order; notes.txt is not an image file and is not tried.
@@ -225,6 +226,8 @@ def test_predict_script_answers_a_folder_with_its_image_files(run, tmp_path):
     assert top5_blocks(result.stdout) == top5_blocks(run["runs"]["predict saved_model"].stdout)
     assert error_lines(result.stderr) == [f"error: {empty}: a folder with no image files (.jpg .jpeg .png .gif .bmp .webp) "
                                           f"directly in it; for class subfolders pass {empty}/*"]
+    assert f"warning: {empty}: 1 image file(s) left out (scan.tif): only .jpg .jpeg .png .gif .bmp .webp are read; " \
+        "convert them to JPEG or PNG" in result.stderr.splitlines()
 
 
 def script_literals(script):
