@@ -423,9 +423,10 @@ class _Run:
         self.write_train_scalars()
         self.run_log.scalars(self.step, {"loss": held_out["loss"], "top1": held_out["top1"], "top5": held_out["top5"]}, "val/")
         if self.chief:
+            top5 = top5_text(held_out["top5"], self.info.num_classes)
             self.progress.end_epoch(
                 f"epoch {epoch + 1}/{self.config.epochs}: train loss {record['train_loss']:.4f} top-1 {record['train_top1']:.3f}; "
-                f"held-out loss {held_out['loss']:.4f} top-1 {held_out['top1']:.3f} top-5 {held_out['top5']:.3f} "
+                f"held-out loss {held_out['loss']:.4f} top-1 {held_out['top1']:.3f}{top5} "
                 f"({held_out['examples']} images); {means['images_per_sec']:.1f} img/s"
                 + ("; learning rate divided by 10" if dropped else ""))
         self.chance.after_epoch(epoch + 1, held_out)
@@ -547,6 +548,11 @@ class _Run:
         except UsageError as error:  # a full disk, a folder made read-only during the run
             raise UsageError(f"{error}; the trained model is in the checkpoints of {config.model_dir}: export it with "
                              f"scripts/export.py --model_dir {config.model_dir} --export_base FOLDER.") from None
+
+
+def top5_text(top5, num_classes, digits=3):
+    """' top-5 0.934' for the result lines; '' with 5 classes or fewer, where top-5 is always 1."""
+    return f" top-5 {top5:.{digits}f}" if num_classes > 5 else ""
 
 
 class ChanceWatch:

@@ -106,7 +106,7 @@ def config_values(flag_values):
 
 def main(argv):
     from keras_alexnet import evaluation
-    from keras_alexnet.training import NOT_LEARNED_EXIT_CODE, Preempted, TrainConfig, TrainingDiverged, train
+    from keras_alexnet.training import NOT_LEARNED_EXIT_CODE, Preempted, TrainConfig, TrainingDiverged, top5_text, train
 
     config = TrainConfig(**config_values(FLAGS))
     try:
@@ -125,8 +125,9 @@ def main(argv):
               f"({evaluation.describe_chance(result['num_classes'], result['val_majority_share'])}; up to {result['chance_ceiling']:.3f} on "
               f"{result['val_examples']} held-out images){exported or '; nothing exported'}. Exit code {NOT_LEARNED_EXIT_CODE}.")
         sys.exit(NOT_LEARNED_EXIT_CODE)
-    print(f"done: step {result['step']}, held-out top-1 {result['val_top1']:.4f} (error {1 - result['val_top1']:.4f}), "
-          f"top-5 {result['val_top5']:.4f}{exported}")
+    top5 = top5_text(result["val_top5"], result["num_classes"], digits=4)
+    print(f"done: step {result['step']}, held-out top-1 {result['val_top1']:.4f} (error {1 - result['val_top1']:.4f})"
+          f"{',' if top5 else ''}{top5}{exported}")
 
 
 if __name__ == "__main__":

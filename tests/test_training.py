@@ -675,6 +675,8 @@ def test_a_run_that_only_learned_the_largest_class_is_not_exported(tmp_path):
     assert not result["learned"] and "export_path" not in result and not (tmp_path / "export").exists()
     assert "nothing exported: held-out top-1 0.900 is within noise of chance" in out.getvalue()
     assert "0.900, always answering the largest held-out class (2 classes)" in out.getvalue()  # the epoch-3 warning
+    # With 5 classes or fewer top-5 is always 1: the epoch lines leave it out.
+    assert "top-1 0.900 (" in out.getvalue() and "top-5" not in out.getvalue()
     assert "note: the classes are imbalanced: common has 90 training images, rare 10; always answering common" in out.getvalue()
 
 
