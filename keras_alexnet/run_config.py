@@ -330,17 +330,14 @@ def start_from(config, pretrained, info):
     return started
 
 
-def _absolute(path):
-    return path if not path or "://" in path else os.path.abspath(os.path.expanduser(path))
-
-
 def absolute_paths(config):
     """The run's data, export and weight paths made absolute, so that config.json names the same
     files whatever the working directory of the rerun, evaluate.py or export.py that reads it
     (relative ones broke those from any other folder). model_dir stays as given."""
+    absolute = sources.absolute_path
     return dataclasses.replace(
-        config, dataset=sources.absolute_spec(config.dataset), export_dir=_absolute(config.export_dir),
-        weights=_absolute(config.weights), data_dir=_absolute(config.data_dir), manual_dir=_absolute(config.manual_dir))
+        config, dataset=sources.absolute_spec(config.dataset), export_dir=absolute(config.export_dir),
+        weights=absolute(config.weights), data_dir=absolute(config.data_dir), manual_dir=absolute(config.manual_dir))
 
 
 def resolve(config, strategy, info):

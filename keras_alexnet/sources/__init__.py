@@ -48,11 +48,17 @@ def open_source(spec, data_dir=None, manual_dir=None):
     return source(spec, argument, data_dir=data_dir, manual_dir=manual_dir)
 
 
+def absolute_path(path):
+    """A local path made absolute (~ expanded): the same file from any working directory. None,
+    "" and URLs (gs://...) as they are."""
+    return path if not path or "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
 def absolute_spec(spec):
-    """The dataset string with a local folder: or tfrecord: path made absolute (~ expanded), the
-    same files from any working directory; other strings, and URLs (gs://...), as they are."""
+    """The dataset string with a local folder: or tfrecord: path made absolute (`absolute_path`);
+    other strings, and URLs, as they are."""
     kind, _, argument = spec.partition(":") if isinstance(spec, str) else ("", "", "")
-    if kind not in ("folder", "tfrecord") or not argument or "://" in argument:
+    if kind not in ("folder", "tfrecord") or not argument:
         return spec
     path, mark, options = argument.partition("?") if kind == "tfrecord" else (argument, "", "")
-    return f"{kind}:{os.path.abspath(os.path.expanduser(path))}{mark}{options}"
+    return f"{kind}:{absolute_path(path)}{mark}{options}"
