@@ -579,18 +579,21 @@ class ChanceWatch:
             self.say(f"warning: {held_out['examples']} held-out images are too few to tell learning from chance "
                      f"({evaluation.describe_chance(self.num_classes, held_out['majority_share'])}): even 100% top-1 would be "
                      "within noise, so this run cannot tell a model that learned nothing; add held-out images")
-        first = max(CHANCE_WARNING_EPOCH, math.ceil(self.config.warmup_epochs))
-        if self.warned or epoch < first or not self.at_chance(held_out["top1"], held_out["examples"], held_out["majority_share"]):
+        if self.warned or epoch < self.first_warning_epoch() or not self.at_chance(held_out["top1"], held_out["examples"], held_out["majority_share"]):
             return
         self.warned = True
         self.say(f"warning: held-out top-1 {held_out['top1']:.3f} after {epoch} epochs is within noise of chance "
                  f"({evaluation.describe_chance(self.num_classes, held_out['majority_share'])}): the network is not learning. "
                  f"{self.fix()}")
 
+    def first_warning_epoch(self):
+        """CHANCE_WARNING_EPOCH, or the end of the warm-up if later: no verdict before the rate is up."""
+        return max(CHANCE_WARNING_EPOCH, math.ceil(self.config.warmup_epochs))
+
     def at_end(self, epochs):
         """A run that ends at chance before its warning epoch (a short trial run) is told that it was
         too short to tell, since the optimizer's flags are not what it needs."""
-        first = max(CHANCE_WARNING_EPOCH, math.ceil(self.config.warmup_epochs))
+        first = self.first_warning_epoch()
         if self.warned or epochs >= first:
             return
         self.warned = True
