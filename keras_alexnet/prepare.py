@@ -57,7 +57,8 @@ MANIFEST = "manifest.json"
 MEAN_IMAGE = "mean_image.npy"
 STATE_DIR = ".prepare"
 FORMAT = "keras_alexnet.prepare/1"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+# What Pillow reads here: the folder source's formats and the TIFFs it sends here.
+IMAGE_EXTENSIONS = image_folder.IMAGE_EXTENSIONS + image_folder.CONVERTIBLE_EXTENSIONS
 
 
 @dataclasses.dataclass(frozen=True)
