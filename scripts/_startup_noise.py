@@ -20,12 +20,12 @@ import re
 import sys
 import tempfile
 
+_NO_DRIVER = re.compile(r"^I\d{4} [\d:.]+ +\d+ cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine")
 _NOISE = (
     re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
     re.compile(r"^I\d{4} [\d:.]+ +\d+ port\.cc:\d+\] oneDNN custom operations are on\."),
-    re.compile(r"^I\d{4} [\d:.]+ +\d+ cudart_stub\.cc:\d+\] Could not find cuda drivers on your machine"),
+    _NO_DRIVER,
 )
-_NO_DRIVER = _NOISE[2]
 # cuInit fails on every machine without a GPU driver; where a driver was found, its failure is news.
 _CUINIT_WITHOUT_DRIVER = re.compile(r"^E\d{4} [\d:.]+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit")
 
