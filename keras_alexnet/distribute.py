@@ -6,6 +6,7 @@ For TPUs the strategy (and its scope) must exist before any dataset or model is 
 import functools
 import json
 import os
+import sys
 
 import tensorflow as tf
 
@@ -14,22 +15,21 @@ from keras_alexnet.errors import UsageError, first_line
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker", "tpu")
 
 
-def get_strategy(name="auto", tpu=None, num_gpus=None):
+def get_strategy(name="auto", tpu=None, num_gpus=None, stream=None):
     """Return the tf.distribute strategy called `name`.
 
     auto: TPU if `tpu` is given, MirroredStrategy for 2+ GPUs, OneDeviceStrategy on the one GPU,
     the default strategy otherwise. mirrored: all local GPUs (or all logical CPUs if there are no
     GPUs, which is how the tests run it; one device: OneDeviceStrategy). multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.
     tpu: TPUStrategy on `tpu` ("local" on a TPU VM, or a TPU name or grpc:// address).
-    `num_gpus` limits the GPUs used (None: all).
+    `num_gpus` limits the GPUs used (None: all). A multi-worker run says on `stream` (None: stdout)
+    that it waits for the other workers, since TensorFlow waits for them without a word.
     """
     if name not in STRATEGIES:
         raise UsageError(f"--strategy={name!r} is unknown: use one of {', '.join(STRATEGIES)}.")
     if name == "multi_worker":
         # Must come before anything initializes the TensorFlow runtime (listing devices does).
-        if "TF_CONFIG" not in os.environ:
-            raise UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable (cluster and task): set it on every worker.")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _multi_worker_strategy(stream)
     if name == "tpu" or (name == "auto" and tpu):
         # Before anything lists devices: connecting to a TPU cluster resets the runtime's context.
         return _tpu_strategy(tpu)
@@ -65,6 +65,41 @@ def _mirrored(devices):
     return tf.distribute.MirroredStrategy(list(devices))
 
 
+TF_CONFIG_EXAMPLE = '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}'
+
+
+def tf_config():
+    """TF_CONFIG's cluster and task, checked: a UsageError names what is wrong and the fix."""
+    if "TF_CONFIG" not in os.environ:
+        raise UsageError("--strategy=multi_worker needs the TF_CONFIG environment variable (cluster and task): set it on every worker.")
+    try:
+        value = json.loads(os.environ["TF_CONFIG"])
+    except json.JSONDecodeError as error:
+        raise UsageError(f"TF_CONFIG is not valid JSON ({error.msg} at character {error.pos}): set it like {TF_CONFIG_EXAMPLE}.") from None
+    cluster = value.get("cluster") if isinstance(value, dict) else None
+    task = value.get("task") if isinstance(value, dict) else None
+    if not isinstance(cluster, dict) or not (cluster.get("worker") or cluster.get("chief")):
+        raise UsageError(f"TF_CONFIG has no \"cluster\" with a \"worker\" (or \"chief\") list of host:port addresses: set it like {TF_CONFIG_EXAMPLE}.")
+    if not isinstance(task, dict):
+        raise UsageError('TF_CONFIG has no "task": give each machine its own {"type": "worker", "index": i} beside the cluster.')
+    kind, index = task.get("type"), task.get("index")
+    if kind not in ("chief", "worker") or not isinstance(index, int) or not 0 <= index < len(cluster.get(kind) or ()):
+        raise UsageError(f"TF_CONFIG's \"task\" {json.dumps(task)} is not one of its cluster's chief or worker entries "
+                         f"({json.dumps(cluster)}): give each machine its own {{\"type\": \"worker\", \"index\": i}}.")
+    return cluster, task
+
+
+def _multi_worker_strategy(stream):
+    cluster, task = tf_config()
+    addresses = {(kind, i): address for kind in ("chief", "worker") for i, address in enumerate(cluster.get(kind) or ())}
+    me = (task["type"], task["index"])
+    if len(addresses) > 1:
+        others = ", ".join(address for key, address in addresses.items() if key != me)
+        print(f"multi_worker: this is {me[0]} {me[1]} of {len(addresses)} ({addresses[me]}); waiting for the others to "
+              f"connect ({others}): start the same command on each, with its own TF_CONFIG task.", file=stream or sys.stdout, flush=True)
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
 def _tpu_strategy(tpu):
     # The documented TF 2.x sequence (tensorflow.org/guide/tpu): resolve, connect, initialize.
     try:
@@ -89,7 +124,7 @@ def is_chief(strategy):
         return True
     if task_type == "chief":
         return True
-    has_chief = "chief" in json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    has_chief = "chief" in tf_config()[0]
     return task_type == "worker" and task_id == 0 and not has_chief
 
 

@@ -208,7 +208,7 @@ def train(config, strategy=None, stream=None):
     check_config(config)
     config = run_config.absolute_paths(config)
     if strategy is None:
-        strategy = distribute.get_strategy(config.strategy, tpu=config.tpu, num_gpus=config.num_gpus)
+        strategy = distribute.get_strategy(config.strategy, tpu=config.tpu, num_gpus=config.num_gpus, stream=stream)
     info = data.dataset_info(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)
     # Both splits must hold an image that decodes; any input size tells (the run's is not chosen yet).
     data.check_readable(config.dataset, min_input_size(), data_dir=config.data_dir, manual_dir=config.manual_dir)

@@ -2,6 +2,7 @@
 precision and XLA defaults read (tests/test_benchmarks.py has default_xla's table)."""
 
 import dataclasses
+import json
 import os
 
 import pytest
@@ -59,6 +60,36 @@ def test_multi_worker_without_tf_config_names_the_variable(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(UsageError, match="needs the TF_CONFIG environment variable"):
         distribute.get_strategy("multi_worker")
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("{bad", "TF_CONFIG is not valid JSON (Expecting property name enclosed in double quotes at character 1): set it like"),
+    ("[]", 'TF_CONFIG has no "cluster" with a "worker" (or "chief") list'),
+    ('{"cluster": {"ps": ["a:1"]}, "task": {"type": "ps", "index": 0}}', 'TF_CONFIG has no "cluster" with a "worker"'),
+    ('{"cluster": {"worker": ["a:1"]}}', 'TF_CONFIG has no "task": give each machine its own'),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
+     'TF_CONFIG\'s "task" {"type": "worker", "index": 1} is not one of its cluster\'s chief or worker entries ({"worker": ["a:1"]})'),
+])
+def test_a_bad_tf_config_is_a_usage_error_before_tensorflow_reads_it(monkeypatch, tf_config, message):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", lambda: pytest.fail("TensorFlow read a bad TF_CONFIG"))
+    with pytest.raises(UsageError) as error:
+        distribute.get_strategy("multi_worker")
+    assert str(error.value).startswith(message)
+
+
+def test_a_multi_worker_run_says_that_it_waits_for_the_others(monkeypatch, capsys):
+    # TensorFlow waits for every worker in TF_CONFIG before the strategy exists, silently (its
+    # "Waiting for 1/2 tasks" is an INFO log line the scripts hide).
+    cluster = {"chief": ["a:1"], "worker": ["b:2", "c:3"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", lambda: "strategy")
+    assert distribute.get_strategy("multi_worker") == "strategy"
+    assert capsys.readouterr().out == ("multi_worker: this is worker 1 of 3 (c:3); waiting for the others to connect (a:1, b:2): "
+                                       "start the same command on each, with its own TF_CONFIG task.\n")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}))
+    distribute.get_strategy("multi_worker")
+    assert capsys.readouterr().out == ""  # a cluster of one waits for no one
 
 
 def test_precision_on_a_cpu_is_float32():
