@@ -689,9 +689,12 @@ def _save(manager, step):
         manager.save(checkpoint_number=step)
     except (OSError, tf.errors.OpError) as error:
         _remove_failed_save(manager.directory, step)
+        newest = manager.latest_checkpoint
+        kept = (f"the newest checkpoint, {os.path.basename(newest)}, is intact and a rerun resumes from it" if newest
+                else "no checkpoint was kept before this one")
         raise UsageError(
             f"could not write a checkpoint to {manager.directory} ({first_line(error)}): "
-            "free disk space or choose another --model_dir; earlier checkpoints are intact."
+            f"free disk space or choose another --model_dir; {kept}."
         ) from None
 
 

@@ -617,9 +617,20 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_partial_f
     errors = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in completed.stderr, completed.stderr[-3000:]
     assert errors[0].startswith(f"error: could not write a checkpoint to {tmp_path / 'checkpoints'} (")
-    assert errors[0].endswith("free disk space or choose another --model_dir; earlier checkpoints are intact.")
+    assert errors[0].endswith("free disk space or choose another --model_dir; no checkpoint was kept before this one.")
     # The failed save's ckpt-2_temp/ (its partial data file, up to the size limit) was deleted.
     assert os.listdir(tmp_path / "checkpoints") == []
+
+
+def test_a_checkpoint_that_cannot_be_written_names_the_one_a_rerun_resumes_from(tmp_path):
+    class FullDisk:
+        directory, latest_checkpoint = str(tmp_path), str(tmp_path / "ckpt-500")
+
+        def save(self, checkpoint_number):
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(UsageError, match=r"; the newest checkpoint, ckpt-500, is intact and a rerun resumes from it\.$"):
+        training._save(FullDisk(), 1000)
 
 
 def test_a_run_that_does_not_learn_warns_exports_nothing_and_exits_3(tmp_path):
