@@ -127,7 +127,8 @@ def build(
     `keras_alexnet.weights.load_weights` (the file's convention by default).
     """
     input_shape = tuple(input_shape)
-    _check_build_arguments(variant, init, groups, input_shape, classifier_activation, convention)
+    _check_build_arguments(variant, init, groups, input_shape, classifier_activation, convention, num_classes, weight_decay)
+    num_classes = int(num_classes)  # Keras' Dense takes no numpy integer (a label count from np.unique)
     seeds = keras.random.SeedGenerator(seed) if seed is not None else None
 
     def next_seed():
@@ -152,7 +153,7 @@ def build(
     return keras.Model(inputs, outputs, name=name or ("alexnet" if variant == "paper" else "alexnet_one_column"))
 
 
-def _check_build_arguments(variant, init, groups, input_shape, classifier_activation, convention):
+def _check_build_arguments(variant, init, groups, input_shape, classifier_activation, convention, num_classes, weight_decay):
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
     if init not in INITS:
@@ -171,6 +172,10 @@ def _check_build_arguments(variant, init, groups, input_shape, classifier_activa
         raise ValueError(f"classifier_activation must be None or 'softmax', got {classifier_activation!r}.")
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be 'paper', 'caffe' or 'torchvision', got {convention!r}.")
+    if not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+        raise ValueError(f"num_classes must be a whole number of at least 1, got {num_classes!r}.")
+    if not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be 0 or more (the paper's is 5e-4), got {weight_decay!r}.")
 
 
 def _convolutions(x, variant, groups, convention, initializers):

@@ -87,6 +87,11 @@ def test_bad_arguments_are_clear():
     with pytest.raises(ValueError, match=r"S a whole number of pixels, got \(None, None, 3\)"):  # was a TypeError
         keras_alexnet.build(input_shape=(None, None, 3))
     assert keras_alexnet.build(input_shape=tuple(np.array([67, 67, 3])), include_top=False).input_shape == (None, 67, 67, 3)
+    with pytest.raises(ValueError, match=r"^num_classes must be a whole number of at least 1, got 2\.5\.$"):
+        keras_alexnet.build(num_classes=2.5)
+    with pytest.raises(ValueError, match=r"^weight_decay must be 0 or more \(the paper's is 5e-4\), got -1\.$"):
+        keras_alexnet.build(weight_decay=-1)  # was Keras' "l2=-0.5", half the number given
+    assert keras_alexnet.build(num_classes=np.int64(3), input_shape=(67, 67, 3)).output_shape == (None, 3)
 
 
 def test_include_top_false_and_fc7_features():
