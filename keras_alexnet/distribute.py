@@ -33,6 +33,8 @@ def get_strategy(name="auto", tpu=None, num_gpus=None, stream=None):
     if name == "tpu" or (name == "auto" and tpu):
         # Before anything lists devices: connecting to a TPU cluster resets the runtime's context.
         return _tpu_strategy(tpu)
+    if num_gpus is not None and num_gpus < 0:  # gpus[:-1] would silently leave one GPU out
+        raise UsageError(f"--num_gpus={num_gpus} must be 0 or more (leave it unset to use every GPU).")
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     if num_gpus is not None:
         if num_gpus > len(gpus):

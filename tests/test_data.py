@@ -437,7 +437,8 @@ def test_user_errors_are_one_line_and_name_the_path(tmp_path):
         f"folder:{__file__}": "is a file, not a folder",
         f"folder:{tmp_path}": "has no class folders; expected",
         "imagenet": "unknown dataset",
-        "folder:": "unknown dataset",
+        "folder:": "dataset 'folder:' names no path: write it as folder:PATH",
+        "tfrecord:": "dataset 'tfrecord:' names no glob: write it as tfrecord:GLOB",
         f"tfrecord:{tmp_path}/*.tfrecord": "{split}",
         f"tfrecord:{tmp_path}": "no TFRecord files match",
     }

@@ -50,6 +50,7 @@ def test_strategy_names_for_people():
 @pytest.mark.parametrize("call, message", [
     (lambda: distribute.get_strategy("gpu"), "--strategy='gpu' is unknown: use one of auto, default"),
     (lambda: distribute.get_strategy("auto", num_gpus=1), "--num_gpus=1 but this machine has 0 GPU(s): lower --num_gpus."),
+    (lambda: distribute.get_strategy("mirrored", num_gpus=-1), "--num_gpus=-1 must be 0 or more (leave it unset to use every GPU)."),
 ])
 def test_bad_strategy_input_is_a_usage_error(call, message):
     with pytest.raises(UsageError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):

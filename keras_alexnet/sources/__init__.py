@@ -43,7 +43,9 @@ def open_source(spec, data_dir=None, manual_dir=None):
         raise UsageError(f"empty dataset string; expected {forms()}")
     kind, _, argument = spec.partition(":")
     source = SOURCES.get(kind)
-    if source is None or (source.NEEDS_ARGUMENT and not argument):
+    if source is not None and source.NEEDS_ARGUMENT and not argument:
+        raise UsageError(f"dataset {spec!r} names no {source.FORM.partition(':')[2].lower()}: write it as {source.FORM}")
+    if source is None:
         raise UsageError(f"unknown dataset {spec!r}; expected {forms()}")
     return source(spec, argument, data_dir=data_dir, manual_dir=manual_dir)
 
