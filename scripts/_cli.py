@@ -14,6 +14,7 @@ imports it as `import _cli as cli` (Python puts the script's folder first on sys
 
 import errno
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -59,7 +60,12 @@ def parse_flags(argv, flag_values=flags.FLAGS):
     try:
         return flag_values(argv)
     except flags.Error as error:
-        fail(f"{error}. See --helpfull.")
+        missing = re.search(r"Flag --(\w+) must have a value other than None", str(error))
+        if missing:  # absl's "flag --out=None: Flag --out must have a value other than None."
+            name = missing.group(1)
+            text = flag_values[name].help
+            fail(f"--{name} is required: {text[:1].lower() + text[1:] if text[1:2].islower() else text}")
+        fail(f"{str(error).rstrip('.')}. See --helpfull.")
 
 
 def is_usage_error(error):

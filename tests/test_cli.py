@@ -83,6 +83,15 @@ def test_parse_flags_errors_are_one_line_and_exit_2(flag_values, capsys, argumen
     assert capsys.readouterr().err == message + "\n"
 
 
+def test_a_missing_required_flag_is_named_with_its_help(flag_values, capsys):
+    flags.DEFINE_string("model_dir", None, "A training run's folder.", required=True, flag_values=flag_values)
+    with pytest.raises(SystemExit) as excinfo:
+        cli.parse_flags(["prog"], flag_values)
+    assert exit_code(excinfo) == 2
+    # absl's own: "flag --model_dir=None: Flag --model_dir must have a value other than None.. See --helpfull."
+    assert capsys.readouterr().err == "error: --model_dir is required: a training run's folder.\n"
+
+
 def run(main, argv, positional=False):
     """cli.run on argv; returns the exit code (absl's app.run always exits)."""
     with pytest.raises(SystemExit) as excinfo:
