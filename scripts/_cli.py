@@ -63,8 +63,9 @@ def parse_flags(argv, flag_values=flags.FLAGS):
         missing = re.search(r"Flag --(\w+) must have a value other than None", str(error))
         if missing:  # absl's "flag --out=None: Flag --out must have a value other than None."
             name = missing.group(1)
-            text = flag_values[name].help
-            fail(f"--{name} is required: {text[:1].lower() + text[1:] if text[1:2].islower() else text}")
+            text, first_word = flag_values[name].help, flag_values[name].help.split(" ", 1)[0]
+            lower = not first_word[1:] or first_word[1:].islower()  # "A run's" -> "a run's"; "TFRecord" stays
+            fail(f"--{name} is required: {text[:1].lower() + text[1:] if lower else text}")
         fail(f"{str(error).rstrip('.')}. See --helpfull.")
 
 
