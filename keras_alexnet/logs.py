@@ -110,3 +110,47 @@ def read_history_records(path):
         if isinstance(record, dict):
             records.append(record)
     return records
+
+
+class ProfileWindow:
+    """--profile_steps=FIRST,LAST: a TensorFlow profile of training steps FIRST to LAST (counted
+    from 1 over the whole run), written under model_dir/logs for TensorBoard's Profile tab (the
+    tensorboard-plugin-profile package): each op's time on the host and the devices, the input
+    pipeline's stalls. The training loop asks `steps_until_boundary` so that its loops of
+    `steps_per_loop` steps end where the trace starts and stops."""
+
+    def __init__(self, steps, logdir, say):
+        self.first, self.last = steps if steps else (None, None)
+        self.logdir, self.say = logdir, say
+        self.active = False
+
+    def steps_until_boundary(self, step):
+        """Steps from `step` (the steps done) to the next start or stop of the trace; None when none is left."""
+        if self.first is None:
+            return None
+        for boundary in (self.first - 1, self.last):
+            if step < boundary:
+                return boundary - step
+        return None
+
+    def before_loop(self, step):
+        if self.first is not None and not self.active and self.first - 1 <= step < self.last:
+            try:
+                tf.profiler.experimental.start(self.logdir)
+            except (tf.errors.OpError, RuntimeError) as error:  # e.g. a profiler already running in this process
+                self.say(f"warning: --profile_steps: the profiler did not start ({str(error).splitlines()[0]}); training goes on without it")
+                self.first = None
+                return
+            self.active, self.started_at = True, step + 1
+
+    def after_loop(self, step):
+        if self.active and step >= self.last:
+            self.stop(step)
+
+    def stop(self, step):
+        """Ends the trace and writes it (also when the run stops before `last`), and says where."""
+        if self.active:
+            self.active = False
+            tf.profiler.experimental.stop()
+            self.say(f"profile of steps {self.started_at}-{step} written to {self.logdir}: open it in TensorBoard's "
+                     f"Profile tab (pip install tensorboard-plugin-profile; tensorboard --logdir {self.logdir})")

@@ -66,6 +66,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_steps: int = 100
     export_at_chance: bool = False  # export even when held-out top-1 ended within noise of chance
+    profile_steps: str = None  # "FIRST,LAST": profile these training steps for TensorBoard (logs.ProfileWindow)
 
     def to_json(self):
         return dataclasses.asdict(self)
@@ -115,8 +116,22 @@ def check_config(config):
         raise UsageError(f"--weight_decay={config.weight_decay:g} must not be negative.")
     if not 0.0 <= config.momentum < 1.0:  # SGD's momentum, Adam's beta_1: 1 or more never forgets, or grows
         raise UsageError(f"--momentum={config.momentum:g} must be in [0, 1): the paper's is 0.9.")
+    profile_window(config.profile_steps)
     if not 0 <= config.seed < 2**32:  # what keras.utils.set_random_seed (NumPy's legacy seeding) takes
         raise UsageError(f"--seed={config.seed} must be in 0..{2**32 - 1}.")
+
+
+def profile_window(text):
+    """--profile_steps "FIRST,LAST" as (first, last), step numbers counted from 1; None for none."""
+    if not text:
+        return None
+    parts = str(text).split(",")
+    if len(parts) == 2 and all(part.strip().isdigit() for part in parts):
+        first, last = (int(part) for part in parts)
+        if 1 <= first <= last:
+            return first, last
+    raise UsageError(f"--profile_steps={text} must be two step numbers FIRST,LAST with 1 <= FIRST <= LAST, "
+                     "e.g. --profile_steps=11,20 (after the first steps, which compile).")
 
 
 def check_output_folders(config):

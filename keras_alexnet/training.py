@@ -27,7 +27,7 @@ from tensorflow.python.framework.ops import _gradient_registry as _GRADIENT_REGI
 
 from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, finetune, image_folder, optimization, run_config, run_lease
 from keras_alexnet.errors import UsageError, first_line
-from keras_alexnet.logs import Progress, RunLog
+from keras_alexnet.logs import Progress, ProfileWindow, RunLog
 from keras_alexnet.model import min_input_size
 from keras_alexnet.run_config import TrainConfig, check_config, check_resume, resolve, start_from  # noqa: F401 (TrainConfig: importable from here too)
 
@@ -313,6 +313,8 @@ class _Run:
         self.stop.install()
         self.progress = Progress(config.steps_per_epoch, config.epochs, config.batch_size, stream=stream)
         self.window = _RunningTotals()  # the train/ scalars: means over the steps since the last point
+        self.profile = ProfileWindow(run_config.profile_window(config.profile_steps) if self.chief else None,
+                                     os.path.join(config.model_dir, checkpoints.LOG_DIR), self.say)
 
     def write_config(self, restored):
         """config.json: the run's settings. A resumed run whose settings differ says so in one
@@ -373,11 +375,14 @@ class _Run:
         epoch_start, epoch_totals = time.perf_counter(), _RunningTotals()
         while self.step < epoch_end:
             next_checkpoint = (self.step // config.checkpoint_steps + 1) * config.checkpoint_steps
-            steps = min(config.steps_per_loop, epoch_end - self.step, next_checkpoint - self.step)
+            steps = min(config.steps_per_loop, epoch_end - self.step, next_checkpoint - self.step,
+                        self.profile.steps_until_boundary(self.step) or config.steps_per_loop)
+            self.profile.before_loop(self.step)
             loop_start = time.perf_counter()
             loop_totals = self.trainer.train_steps(self.iterator, steps)
             seconds = time.perf_counter() - loop_start
             self.step += steps
+            self.profile.after_loop(self.step)
             if not np.isfinite(loop_totals[0]):
                 raise TrainingDiverged(
                     f"loss became {loop_totals[0] / loop_totals[3]} at step {self.step}; stopped. The last good checkpoint "
@@ -488,6 +493,7 @@ class _Run:
                          "rerun the same command to resume.", self.stop.exit_code)
 
     def close(self):
+        self.profile.stop(self.step)
         self.stop.uninstall()
         if self.lease:
             self.lease.release()

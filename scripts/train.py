@@ -82,6 +82,8 @@ flags.DEFINE_bool("export_at_chance", False,
                   "Export even when held-out top-1 ended within noise of chance (by default such a run exports nothing "
                   "and exits 3).")
 flags.DEFINE_integer("log_steps", 100, "Write the train/ TensorBoard scalars every N steps (and at every epoch end).")
+flags.DEFINE_string("profile_steps", None, "FIRST,LAST: profile training steps FIRST to LAST (from 1, over the whole run; e.g. 11,20, "
+                    "after the steps that compile) into --model_dir/logs for TensorBoard's Profile tab (tensorboard-plugin-profile).")
 
 FLAGS = flags.FLAGS
 

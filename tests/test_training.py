@@ -23,6 +23,7 @@ import tensorflow as tf
 import keras_alexnet
 from keras_alexnet import checkpoints, data, distribute, evaluation, recipes, run_config, sources, training
 from keras_alexnet.errors import UsageError
+from keras_alexnet.logs import ProfileWindow
 from keras_alexnet.training import Trainer, TrainConfig, TrainingDiverged, check_config, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -163,6 +164,25 @@ def test_train_on_default_strategy(tmp_path, precision, xla):
         assert scalars[f"train/{tag}"] == [1, 2, 3, 4]  # every log_steps (1) steps
     for tag in ("loss", "top1", "top5"):
         assert scalars[f"val/{tag}"] == [2, 4]  # every epoch end
+
+
+def test_profile_steps_write_a_tensorboard_profile_of_those_steps(tmp_path):
+    out = io.StringIO()
+    config = TrainConfig(**{**TINY, "epochs": 2, "steps_per_loop": 2, "profile_steps": "2,3"}, model_dir=str(tmp_path), strategy="default")
+    assert train(config, stream=out)["step"] == 4
+    logs = tmp_path / "logs"
+    assert len(list(logs.glob("plugins/profile/*/*.xplane.pb"))) == 1  # the profiler's trace, in TensorBoard's layout
+    assert f"profile of steps 2-3 written to {logs}: open it in TensorBoard's Profile tab" in out.getvalue()
+    # A loop of steps_per_loop steps ended where the trace started and stopped.
+    window = ProfileWindow((2, 3), str(logs), print)
+    assert [window.steps_until_boundary(step) for step in range(5)] == [1, 2, 1, None, None]
+    assert ProfileWindow(None, str(logs), print).steps_until_boundary(0) is None
+
+
+@pytest.mark.parametrize("text", ["5", "5,2", "0,3", "a,b", "1,2,3"])
+def test_profile_steps_are_two_step_numbers(text):
+    with pytest.raises(UsageError, match=f"^--profile_steps={text} must be two step numbers FIRST,LAST with 1 <= FIRST <= LAST"):
+        check_config(TrainConfig(profile_steps=text))
 
 
 def test_mixed_float16_uses_loss_scaling_and_warns_on_a_cpu(tmp_path):
