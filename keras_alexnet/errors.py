@@ -22,3 +22,16 @@ def few(names, shown):
     """'a, b, c and 7 more': the first `shown` of `names`, for a one-line message."""
     names = list(names)
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def require_tensorflow_backend(what):
+    """UsageError unless Keras runs on TensorFlow: training, evaluation and export use
+    tf.distribute, tf.data and SavedModel (under JAX or torch they failed deep inside
+    tf.train.Checkpoint). `keras_alexnet.build()` alone works under any backend."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise UsageError(f"{what} runs on TensorFlow, but Keras' backend in this process is {backend}: set "
+                         "KERAS_BACKEND=tensorflow before Keras is first imported (a new process or notebook kernel); "
+                         "keras_alexnet.build() alone works under any backend.")

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import augment
-from keras_alexnet.errors import UsageError, first_line
+from keras_alexnet.errors import UsageError, first_line, require_tensorflow_backend
 from keras_alexnet.evaluation import TOP_K
 from keras_alexnet.run_lease import SETTLE_SECONDS, claims_need_settling
 
@@ -198,6 +198,7 @@ def export_saved_model(model, export_base, *, class_names, image_size=None, vers
     that are not integers) and renamed into place, so a half-written version never appears. A
     write that fails (a file where a folder should be, a full disk) is UsageError in one line.
     """
+    require_tensorflow_backend("keras_alexnet.export_saved_model")
     export_base = str(export_base)
     if version is not None:
         version = int(version)

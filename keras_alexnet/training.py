@@ -26,7 +26,7 @@ import tensorflow as tf
 from tensorflow.python.framework.ops import _gradient_registry as _GRADIENT_REGISTRY
 
 from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, finetune, image_folder, optimization, run_config, run_lease
-from keras_alexnet.errors import UsageError, first_line
+from keras_alexnet.errors import UsageError, first_line, require_tensorflow_backend
 from keras_alexnet.logs import Progress, ProfileWindow, RunLog
 from keras_alexnet.model import min_input_size
 from keras_alexnet.run_config import TrainConfig, check_config, check_resume, resolve, start_from  # noqa: F401 (TrainConfig: importable from here too)
@@ -205,6 +205,7 @@ def train(config, strategy=None, stream=None):
     each the mean over the steps since the previous point, every `log_steps` steps and at each
     epoch end; val/ loss, top1 and top5 at each epoch end.
     """
+    require_tensorflow_backend("keras_alexnet.training.train")
     check_config(config)
     config = run_config.absolute_paths(config)
     if strategy is None:

@@ -13,6 +13,7 @@ imports it as `import _cli as cli` (Python puts the script's folder first on sys
 """
 
 import errno
+import json
 import os
 import re
 import sys
@@ -95,14 +96,42 @@ def no_space_message(error):
     return f"{reason}{f' writing {where}' if where else ''}: free disk space or write somewhere else, then rerun."
 
 
-def run(main, positional=False, argv=None):
+def configured_keras_backend():
+    """(backend, where it was set): KERAS_BACKEND, else keras.json's "backend" (KERAS_HOME or
+    ~/.keras, as Keras reads it); (None, None) when neither sets one."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"], "KERAS_BACKEND"
+    path = os.path.join(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"), "keras.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get("backend"), path
+    except (OSError, ValueError, AttributeError):
+        return None, None
+
+
+def use_keras_backend(name):
+    """Sets Keras' backend for this process (before Keras is imported: the scripts import it in
+    `main`), with one line on stderr when KERAS_BACKEND or keras.json had chosen another: the
+    scripts train, evaluate and export through TensorFlow (tf.distribute, tf.data, SavedModel),
+    and under another backend they failed with a traceback deep in tf.train.Checkpoint."""
+    chosen, where = configured_keras_backend()
+    if chosen and chosen != name:
+        print(f"note: Keras' backend is {chosen} by {where}; this script runs on TensorFlow, so it uses Keras' {name} backend "
+              "(keras_alexnet.build() alone works under any backend).", file=sys.stderr, flush=True)
+    os.environ["KERAS_BACKEND"] = name
+
+
+def run(main, positional=False, argv=None, keras_backend="tensorflow"):
     """absl's `app.run(main)` with `parse_flags`; refuses positional arguments unless `positional`,
     and turns a usage error (`is_usage_error`) or a write that found no space (`no_space_message`)
-    raised by `main` into one line and exit code 2.
+    raised by `main` into one line and exit code 2. Keras gets `keras_backend` (`use_keras_backend`;
+    None: leave it to the script).
 
     `main(argv)` may return an exit code or call `sys.exit` itself; other exit codes and other
     exceptions pass through. `argv` defaults to sys.argv.
     """
+    if keras_backend:
+        use_keras_backend(keras_backend)
 
     def checked_main(argv):
         if not positional and len(argv) > 1:

@@ -246,4 +246,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, keras_backend=None)  # Keras-JAX, set above

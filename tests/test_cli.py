@@ -2,6 +2,7 @@
 
 import errno
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -219,3 +220,26 @@ def test_scripts_import_tensorflow_without_its_start_up_lines(level, noisy):
     assert done.stderr.startswith("E0000 00:00:1.0 1 other.cc:1] kept\n")
     assert ("oneDNN custom operations" in done.stderr) == noisy
     assert ("absl::InitializeLog" in done.stderr) == noisy
+
+
+@pytest.mark.parametrize("environment, keras_json, note", [
+    ({"KERAS_BACKEND": "jax"}, None, "note: Keras' backend is jax by KERAS_BACKEND; this script runs on TensorFlow, "
+                                     "so it uses Keras' tensorflow backend (keras_alexnet.build() alone works under any backend).\n"),
+    ({}, {"backend": "torch"}, "note: Keras' backend is torch by {home}/keras.json; this script runs on TensorFlow"),
+    ({}, {"backend": "tensorflow"}, ""),
+    ({"KERAS_BACKEND": "tensorflow"}, None, ""),
+    ({}, None, ""),
+])
+def test_the_scripts_use_keras_tensorflow_backend_and_say_so_when_another_was_chosen(
+        tmp_path, monkeypatch, capsys, environment, keras_json, note):
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    if keras_json:
+        (tmp_path / "keras.json").write_text(json.dumps(keras_json))
+    cli.use_keras_backend("tensorflow")
+    assert os.environ["KERAS_BACKEND"] == "tensorflow"
+    err = capsys.readouterr().err
+    assert err.startswith(note.format(home=tmp_path)) if note else err == ""
+

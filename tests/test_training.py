@@ -543,6 +543,24 @@ def run_script(*args, env=None, **kwargs):
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}, timeout=300, **kwargs)
 
 
+def test_the_script_trains_on_tensorflow_whatever_keras_backend_says(tmp_path):
+    # With KERAS_BACKEND=torch (or jax, or keras.json's "backend") it ended in a traceback from
+    # tf.train.Checkpoint ("expecting model to be a trackable object").
+    completed = run_script(f"--dataset={SHAPES}", "--image_size=67", "--batch_size=8", "--epochs=1", "--steps_per_epoch=2",
+                           "--export_dir=", f"--model_dir={tmp_path}", env={"KERAS_BACKEND": "torch"})
+    assert completed.returncode in (0, 3) and "Traceback" not in completed.stderr, completed.stderr[-3000:]
+    assert completed.stderr.startswith("note: Keras' backend is torch by KERAS_BACKEND; this script runs on TensorFlow")
+    assert "epoch 1/1:" in completed.stdout
+
+
+def test_train_in_a_process_on_another_keras_backend_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    with pytest.raises(UsageError, match="^keras_alexnet.training.train runs on TensorFlow, but Keras' backend in this "
+                                         "process is jax: set KERAS_BACKEND=tensorflow before Keras is first imported"):
+        train(TrainConfig(**TINY, model_dir=str(tmp_path)))
+    assert not list(tmp_path.iterdir())
+
+
 def test_files_that_are_not_readable_images_are_said_once_with_the_held_out_count(tmp_path):
     # They were skipped with one log line for the first and counted in data.BAD_IMAGES, which
     # nothing read: the user never learned how many, nor that the held-out figures left some out.
