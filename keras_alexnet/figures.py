@@ -304,11 +304,12 @@ def epoch_records(records):
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-def plot_history(records, path, title=None):
+def plot_history(records, path, title=None, num_classes=None):
     """Loss, top-1/top-5 error (%) and learning rate (log scale) against epochs. Returns path.
 
     `records` are history.jsonl objects (`read_history`); accuracies (train_top1, val_top5, ...)
-    are drawn as errors, 100 * (1 - accuracy). Missing keys are left out of the plot.
+    are drawn as errors, 100 * (1 - accuracy). Missing keys are left out of the plot, and so is
+    top-5 for `num_classes` of 5 or fewer, where its error is 0 at every epoch.
     """
     if not records:
         raise ValueError("the history is empty: no epoch has finished yet.")
@@ -328,7 +329,7 @@ def plot_history(records, path, title=None):
     error = lambda v: 100.0 * (1.0 - v)  # noqa: E731
     for key, label, style, color in (("train_top1", "train top-1", "-", "tab:orange"), ("val_top1", "held-out top-1", "--", "tab:orange"),
                                      ("train_top5", "train top-5", "-", "tab:green"), ("val_top5", "held-out top-5", "--", "tab:green")):
-        values = series(key, error)
+        values = None if key.endswith("top5") and num_classes is not None and num_classes <= 5 else series(key, error)
         if values is not None:
             error_axis.plot(epochs, values, style, marker="o", markersize=3, label=label, color=color)
     error_axis.set_title("error (%)")

@@ -453,7 +453,7 @@ class _Run:
         try:
             with tempfile.TemporaryDirectory() as scratch:  # drawn locally: model_dir may be gs://
                 drawn = figures.plot_history(figures.epoch_records(history), os.path.join(scratch, "history.png"),
-                                             title=f"{self.config.model_dir}: {self.config.dataset}")
+                                             title=f"{self.config.model_dir}: {self.config.dataset}", num_classes=self.info.num_classes)
                 tf.io.gfile.copy(drawn, path + ".tmp", overwrite=True)
                 tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
         except (UsageError, OSError, ValueError, tf.errors.OpError) as error:

@@ -6,6 +6,7 @@
 Reads MODEL_DIR/history.jsonl (one JSON object per epoch, written by scripts/train.py).
 """
 
+import json
 import os
 
 from absl import flags
@@ -15,6 +16,15 @@ import _cli as cli
 flags.DEFINE_string("out", None, "The figure to write: .png, or .pdf, .svg, .jpg by its name (default: MODEL_DIR/history.png).")
 
 FLAGS = flags.FLAGS
+
+
+def _num_classes(history):
+    """The run's class count from the config.json beside history.jsonl; None if there is none."""
+    try:
+        with open(os.path.join(os.path.dirname(history), "config.json"), encoding="utf-8") as f:
+            return json.load(f).get("num_classes")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def main(argv):
@@ -31,7 +41,7 @@ def main(argv):
         if not records:
             raise ValueError(f"{model_dir}: history.jsonl has no finished epoch yet.")
         out = FLAGS.out or os.path.join(model_dir if os.path.isdir(model_dir) else os.path.dirname(model_dir), "history.png")
-        path = figures.plot_history(records, out, title=f"training history of {model_dir}")
+        path = figures.plot_history(records, out, title=f"training history of {model_dir}", num_classes=_num_classes(history))
     except ValueError as error:  # not only UsageError: figures' own ValueErrors name the file too
         cli.fail(error)
     print(f"wrote {path} ({len(records)} epochs)")

@@ -182,6 +182,16 @@ def test_plot_history_png(tmp_path):
             figures.plot_history(records, str(tmp_path / name))
 
 
+def test_plot_history_leaves_top5_out_for_five_classes_or_fewer(tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.append(figure) or path)
+    for num_classes in (None, 10, 5):
+        figures.plot_history(history_records(3), str(tmp_path / "history.png"), num_classes=num_classes)
+    labels = [figure.axes[1].get_legend_handles_labels()[1] for figure in drawn]
+    both = ["train top-1", "held-out top-1", "train top-5", "held-out top-5"]
+    assert labels == [both, both, both[:2]]  # with 5 classes top-5 is always right: a flat line at 0
+
+
 # --- scripts ------------------------------------------------------------------------------------
 
 
