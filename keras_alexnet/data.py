@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from keras_alexnet import augment, sources
+from keras_alexnet import augment, image_folder, sources
 from keras_alexnet.sources.common import check_split, pipeline_share
 from keras_alexnet.errors import UsageError
 
@@ -283,7 +283,7 @@ def check_readable(spec, image_size, data_dir=None, manual_dir=None):
         if next(iter(dataset.take(1)), None) is None:
             first = BAD_IMAGES.first_names[0] if BAD_IMAGES.first_names else "?"
             raise UsageError(f"none of the {BAD_IMAGES.count - before} {split} examples of --dataset={spec} could be read "
-                             f"and decoded as an image (the first: {first}): give JPEG, PNG, GIF, BMP or WebP files.")
+                             f"and decoded as an image (the first: {first}): give {image_folder.DECODED_FORMATS} files.")
 
 
 def _check_dataset_arguments(training, batch_size, augmentation, crops, mean_image, image_dtype):

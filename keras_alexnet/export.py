@@ -33,6 +33,7 @@ import tensorflow as tf
 from keras_alexnet import augment
 from keras_alexnet.errors import UsageError, first_line, require_tensorflow_backend
 from keras_alexnet.evaluation import TOP_K
+from keras_alexnet.image_folder import DECODED_FORMATS
 from keras_alexnet.run_lease import SETTLE_SECONDS, claims_need_settling
 
 SERVING_SIGNATURE = "serving_default"
@@ -87,7 +88,7 @@ class ServingModule(tf.Module):
             index, encoded = args
             check = tf.debugging.Assert(
                 _has_image_signature(encoded),
-                [tf.strings.format("image_bytes[{}] is not a JPEG, PNG, GIF, BMP or WebP image", index)],
+                [tf.strings.format("image_bytes[{}] is not a " + DECODED_FORMATS + " image", index)],
             )
             with tf.control_dependencies([check]):
                 image = augment.decode_for_view(tf.identity(encoded), self.image_size)

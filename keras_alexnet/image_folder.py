@@ -19,6 +19,8 @@ from keras_alexnet.errors import UsageError
 
 # What tf.io.decode_image reads; scripts/predict.py keeps the same list (a test checks).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+# What tf.io.decode_image reads, for messages that name the formats.
+DECODED_FORMATS = "JPEG, PNG, GIF, BMP or WebP"
 HELD_OUT_PERCENT = 20
 LAYOUT = "PATH/<class>/*.jpg, or PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg"
 
@@ -123,7 +125,7 @@ def _no_images_message(root, folder, files):
     fix = "convert them to JPEG or PNG"
     if any(kind in CONVERTIBLE_EXTENSIONS for kind in kinds):
         fix += f", or write the folder as TFRecords with scripts/prepare_data.py --input_dir {root} (it reads TIFF)"
-    return (f"class folder {folder} has no images TensorFlow decodes (JPEG, PNG, GIF, BMP, WebP), only "
+    return (f"class folder {folder} has no images TensorFlow decodes ({DECODED_FORMATS}), only "
             f"{len(files)} other file{'s' if len(files) > 1 else ''} ({held}): {fix}")
 
 

@@ -471,7 +471,7 @@ class _Run:
         counted = ""
         if expected and held_out_examples < expected:
             counted = f"; the held-out figures count {held_out_examples} of {expected} images"
-        fix = "convert or remove them (JPEG, PNG, GIF, BMP or WebP)"
+        fix = f"convert or remove them ({image_folder.DECODED_FORMATS})"
         if any(name.lower().endswith(image_folder.CONVERTIBLE_EXTENSIONS) for name in data.BAD_IMAGES.names):
             fix += "; TIFF files can also be written as TFRecords by scripts/prepare_data.py, which reads them"
         self.say(f"warning: {data.BAD_IMAGES.summary()}{counted}: {fix}")

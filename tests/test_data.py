@@ -456,7 +456,7 @@ def test_user_errors_are_one_line_and_name_the_path(tmp_path):
     with pytest.raises(UsageError, match=f"class folder {tmp_path}/train/empty_class has no images"):
         data.dataset_info(f"folder:{tmp_path}")
     (tmp_path / "train" / "empty_class" / "readme.txt").write_text("x")
-    with pytest.raises(UsageError, match=r"empty_class has no images TensorFlow decodes \(JPEG, PNG, GIF, BMP, WebP\), "
+    with pytest.raises(UsageError, match=r"empty_class has no images TensorFlow decodes \(JPEG, PNG, GIF, BMP or WebP\), "
                                          r"only 1 other file \(1 .txt\): convert them to JPEG or PNG$"):
         data.make_dataset(f"folder:{tmp_path}", "train", image_size=67, batch_size=2, training=True)
     for name in ("0.tif", "1.tif", "2.TIFF"):  # scans, microscopy: prepare_data.py reads them
