@@ -5,6 +5,8 @@ import sys
 
 import tensorflow as tf
 
+from keras_alexnet.errors import first_line
+
 
 class Progress:
     """A progress bar with images/s and ETA on a terminal; plain lines when output is a file.
@@ -138,7 +140,7 @@ class ProfileWindow:
             try:
                 tf.profiler.experimental.start(self.logdir)
             except (tf.errors.OpError, RuntimeError) as error:  # e.g. a profiler already running in this process
-                self.say(f"warning: --profile_steps: the profiler did not start ({str(error).splitlines()[0]}); training goes on without it")
+                self.say(f"warning: --profile_steps: the profiler did not start ({first_line(error)}); training goes on without it")
                 self.first = None
                 return
             self.active, self.started_at = True, step + 1
@@ -151,6 +153,10 @@ class ProfileWindow:
         """Ends the trace and writes it (also when the run stops before `last`), and says where."""
         if self.active:
             self.active = False
-            tf.profiler.experimental.stop()
+            try:
+                tf.profiler.experimental.stop()
+            except (tf.errors.OpError, OSError) as error:  # writing the trace failed (a full disk): the run goes on
+                self.say(f"warning: --profile_steps: the profile could not be written to {self.logdir} ({first_line(error)})")
+                return
             self.say(f"profile of steps {self.started_at}-{step} written to {self.logdir}: open it in TensorBoard's "
                      f"Profile tab (pip install tensorboard-plugin-profile; tensorboard --logdir {self.logdir})")

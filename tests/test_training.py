@@ -179,6 +179,18 @@ def test_profile_steps_write_a_tensorboard_profile_of_those_steps(tmp_path):
     assert ProfileWindow(None, str(logs), print).steps_until_boundary(0) is None
 
 
+def test_profile_steps_while_another_profiler_runs_is_a_warning_and_the_run_goes_on(tmp_path):
+    tf.profiler.experimental.start(str(tmp_path / "other"))
+    try:
+        out = io.StringIO()
+        result = train(TrainConfig(**{**TINY, "profile_steps": "1,2"}, model_dir=str(tmp_path / "run"), strategy="default"), stream=out)
+    finally:
+        tf.profiler.experimental.stop()
+    assert result["step"] == 2
+    assert "warning: --profile_steps: the profiler did not start (" in out.getvalue()
+    assert "training goes on without it" in out.getvalue() and "profile of steps" not in out.getvalue()
+
+
 @pytest.mark.parametrize("text", ["5", "5,2", "0,3", "a,b", "1,2,3"])
 def test_profile_steps_are_two_step_numbers(text):
     with pytest.raises(UsageError, match=f"^--profile_steps={text} must be two step numbers FIRST,LAST with 1 <= FIRST <= LAST"):
