@@ -99,7 +99,8 @@ def config_values(flag_values):
     earlier = run_config.inherited_settings(values["model_dir"], given)
     inherited = {key: value for key, value in earlier.items() if value != values[key]}
     if inherited:
-        print(f"resuming --model_dir={values['model_dir']} with its own settings for the flags not given: "
+        # Not "resuming": the run may still be refused (another set of classes, another network).
+        print(f"--model_dir={values['model_dir']} holds a run: the flags not given take its settings: "
               + " ".join(f"--{key}={'' if value is None else value}" for key, value in inherited.items()), flush=True)
     values.update(inherited)
     # An inherited None stays None (a run without export keeps none); other Nones are for the recipe.

@@ -403,7 +403,7 @@ def test_a_rerun_with_only_model_dir_and_epochs_continues_the_run_with_its_own_s
                       strategy="default"), stream=io.StringIO())
     again = run_script("--epochs=2", f"--model_dir={tmp_path}")
     assert again.returncode in (0, 3), again.stderr[-3000:]
-    assert (f"resuming --model_dir={tmp_path} with its own settings for the flags not given: --dataset={SHAPES} "
+    assert (f"--model_dir={tmp_path} holds a run: the flags not given take its settings: --dataset={SHAPES} "
             "--export_dir= ") in again.stdout
     assert "--image_size=75 --batch_size=4 --steps_per_epoch=2 --learning_rate=0.002" in again.stdout
     assert "--epochs" not in again.stdout.splitlines()[0]  # given
