@@ -355,13 +355,15 @@ def _write_records(task, path, progress):
     and, for training shards, the per-pixel sum of the central size x size patches (§2's mean)."""
     import tensorflow as tf
 
-    record = {"examples": 0, "per_class": {}, "skipped": [], "pixels": 0}
+    record = {"examples": 0, "per_class": {}, "skipped": [], "pixels": 0, "upscaled": 0}
     pixel_sum = np.zeros(3, np.float64)
     mean_sum = np.zeros([task.size, task.size, 3], np.float64) if task.split == "train" else None
     with tf.io.TFRecordWriter(path) as writer:
         for example in task.examples:
             try:
-                image = resize(Image.open(io.BytesIO(example.read())), task.resize_mode, task.size)
+                source = Image.open(io.BytesIO(example.read()))
+                upscaled = min(source.size) < task.size  # counted: small photos take more room than they hold
+                image = resize(source, task.resize_mode, task.size)
                 pixels = np.asarray(image)
                 buffer = io.BytesIO()
                 image.save(buffer, "JPEG", quality=task.quality)
@@ -373,6 +375,7 @@ def _write_records(task, path, progress):
                 writer.write(encode_example(buffer.getvalue(), pixels.shape[0], pixels.shape[1], example.label,
                                             task.class_names[example.label], task.class_texts[example.label], example.name))
                 record["examples"] += 1
+                record["upscaled"] += upscaled
                 record["per_class"][str(example.label)] = record["per_class"].get(str(example.label), 0) + 1
                 if mean_sum is not None:
                     pixel_sum += pixels.sum(axis=(0, 1), dtype=np.float64)
@@ -590,6 +593,7 @@ def finalize(output_dir, missing_ok=False):
             "num_examples": sum(r["examples"] for r in records), "per_class": per_class,
             "shards": {r["shard"]: {"examples": r["examples"], "bytes": r["bytes"], "sha256": r["sha256"]} for r in records},
             "skipped": [item for r in records for item in r["skipped"]],
+            "upscaled": sum(r.get("upscaled", 0) for r in records),  # shards of older versions did not count
         }
         if split == "train" and sum(r["pixels"] for r in records):
             manifest["mean_rgb"] = (sum(np.array(r["pixel_sum"]) for r in records) /

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -101,6 +102,11 @@ def test_folder_to_tfrecord_gives_exactly_the_folders_examples_and_labels(prepar
         assert manifest["splits"][split]["per_class"] == [len(expected[split]) // 3] * 3
     # validation keeps the folder's order (evaluation lines up with the files)
     assert [(r[0], r[1]) for r in _records(tf.io.gfile.glob(f"{out}/validation-*"))] == expected["validation"]
+    # the photos whose shorter side is under 256 were enlarged to it (§2), and counted
+    for split, folder in (("train", "train"), ("validation", "val")):
+        small = sum(min(Image.open(os.path.join(source, folder, sorted(CLASSES)[label], name)).size) < 256
+                    for name, label in expected[split])
+        assert manifest["splits"][split]["upscaled"] == small > 0
     # the bad files are skipped and listed with a reason, not fatal
     skipped = {os.path.basename(path): reason for path, reason in manifest["splits"]["train"]["skipped"]}
     assert sorted(skipped) == ["broken.jpg", "notes.jpg"] and skipped["broken.jpg"]
@@ -311,6 +317,21 @@ def test_script_bad_flags_are_one_line_and_exit_2(args, message):
     process = _script(*args)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 2 and message in stderr and len(stderr.strip().splitlines()) == 1, stderr
+
+
+def test_the_script_says_how_many_photos_it_enlarged_and_how_to_keep_them(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i, side in enumerate((40, 50, 100, 120, 48)):  # one of each class held out: cat_4, dog_4 (48 px)
+            Image.new("RGB", (side + 10, side), (i * 40, 90, 0)).save(tmp_path / "photos" / name / f"{i}.jpg")
+    process = _script(f"--output_dir={tmp_path / 'records'}", f"--input_dir={tmp_path / 'photos'}", "--size=64")
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    lines = [line for line in stdout.splitlines() if line.startswith(("train:", "validation:"))]
+    counts = [int(m.group(1)) if (m := re.search(r", (\d+) enlarged$", line)) else 0 for line in lines]
+    assert sum(counts) == 6, stdout  # the 40, 48 and 50 px photos of each class, wherever the split put them
+    assert ("note: 6 images had a shorter side under --size=64 and were enlarged, which adds no detail: for small photos "
+            "a --size of at least the training --image_size x 256/227 (76 for 67) takes less room and decodes faster.\n") in stdout
 
 
 def test_an_output_dir_that_cannot_be_written_is_one_line_before_any_image_is_read(tmp_path):
