@@ -39,6 +39,7 @@ first one is logged as a warning; `BAD_IMAGES.summary()` names the first few.
 
 import random
 import re
+import socket
 import sys
 import threading
 
@@ -317,6 +318,20 @@ def _view_function(training, crops, image_size, augmentation, mean_image, shift_
     return view, tf.zeros([image_size, image_size, 3], tf.float32)
 
 
+def check_dispatcher(address, timeout=10.0):
+    """A UsageError, at once, for a data service address that is malformed or where nothing
+    listens: tf.data's client waits for the dispatcher without a word (a training run sat silent
+    before its first line, seen), so a typo or a dispatcher not started is caught here."""
+    if not re.fullmatch(r"grpc://[^:/]+:\d+", address):
+        raise UsageError(f"data service address {address!r} must look like grpc://host:port")
+    host, port = address[len("grpc://"):].rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise UsageError(f"--data_service={address}: no tf.data service dispatcher answers at {host}:{port} "
+                         f"({error.strerror or error}): start it first (docs/input.md), or leave --data_service out") from None
+
+
 def _distribute(dataset, address, training):
     """Run the pipeline on the workers of a tf.data service dispatcher at `address`.
 
@@ -325,8 +340,7 @@ def _distribute(dataset, address, training):
     produce the same stream (with ShardingPolicy.OFF every worker would run the whole pipeline
     with the same seed).
     """
-    if not re.fullmatch(r"grpc://[^:/]+:\d+", address):
-        raise UsageError(f"data service address {address!r} must look like grpc://host:port")
+    check_dispatcher(address)
     policy = tf.data.experimental.service.ShardingPolicy
     return dataset.apply(tf.data.experimental.service.distribute(processing_mode=policy.DYNAMIC, service=address))
 

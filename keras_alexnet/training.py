@@ -207,6 +207,8 @@ def train(config, strategy=None, stream=None):
     """
     require_tensorflow_backend("keras_alexnet.training.train")
     check_config(config)
+    if config.data_service:
+        data.check_dispatcher(config.data_service)  # before any work: tf.data waits for it silently
     config = run_config.absolute_paths(config)
     if strategy is None:
         strategy = distribute.get_strategy(config.strategy, tpu=config.tpu, num_gpus=config.num_gpus, stream=stream)
@@ -362,6 +364,9 @@ class _Run:
                  "flags given win")
         for note in info.notes:
             self.say(note)
+        if config.data_service:  # with no worker registered, the first batch waits without a word
+            self.say(f"input from the tf.data service at {config.data_service}: the first step waits until one of its "
+                     "workers has registered with the dispatcher (docs/input.md)")
         if config.precision == "mixed_float16" and distribute.device_kind() == "cpu":
             self.say("warning: mixed_float16 on a CPU is slower than float32 (CPUs have no float16 arithmetic units; "
                      "docs/performance.md): leave --precision unset for float32, or use --precision mixed_bfloat16 on a "

@@ -4,6 +4,7 @@ bad input, the tf.data service."""
 import io
 import logging
 import os
+import socket
 
 import numpy as np
 import pytest
@@ -492,6 +493,21 @@ def test_tf_data_service_on_localhost():
         dispatcher.stop()
     with pytest.raises(UsageError, match="grpc://host:port"):
         data.make_dataset(SMALL_SHAPES, "train", image_size=67, batch_size=8, training=True, data_service="localhost")
+
+
+def _closed_port():
+    with socket.socket() as listener:
+        listener.bind(("localhost", 0))
+        return listener.getsockname()[1]  # closed on return: nothing listens there
+
+
+def test_a_data_service_where_no_dispatcher_answers_is_one_line_at_once():
+    # tf.data's client waited for it without a word; a training run sat silent before its header.
+    port = _closed_port()
+    address = f"grpc://localhost:{port}"
+    with pytest.raises(UsageError, match=rf"^--data_service={address}: no tf.data service dispatcher answers at "
+                                         rf"localhost:{port} \(.+\): start it first \(docs/input.md\), or leave --data_service out$"):
+        data.make_dataset(SMALL_SHAPES, "train", image_size=67, batch_size=8, training=True, data_service=address)
 
 
 def test_a_new_source_is_one_class_and_one_registry_line(monkeypatch):

@@ -197,6 +197,24 @@ def test_profile_steps_are_two_step_numbers(text):
         check_config(TrainConfig(profile_steps=text))
 
 
+def test_a_run_on_the_tf_data_service_says_its_first_step_waits_for_a_worker(tmp_path):
+    dispatcher = tf.data.experimental.service.DispatchServer()
+    worker = tf.data.experimental.service.WorkerServer(
+        tf.data.experimental.service.WorkerConfig(dispatcher_address=dispatcher.target.split("://")[1]))
+    try:
+        out = io.StringIO()
+        train(TrainConfig(**TINY, data_service=dispatcher.target, model_dir=str(tmp_path / "run"), strategy="default"), stream=out)
+    finally:
+        worker.stop()
+        dispatcher.stop()
+    assert (f"input from the tf.data service at {dispatcher.target}: the first step waits until one of its workers has "
+            "registered with the dispatcher (docs/input.md)") in out.getvalue()
+    # With the dispatcher gone, a run stops before any work (it sat silent before its first line).
+    with pytest.raises(UsageError, match=rf"^--data_service={dispatcher.target}: no tf.data service dispatcher answers"):
+        train(TrainConfig(**TINY, data_service=dispatcher.target, model_dir=str(tmp_path / "again"), strategy="default"))
+    assert not (tmp_path / "again").exists()
+
+
 def test_mixed_float16_uses_loss_scaling_and_warns_on_a_cpu(tmp_path):
     out = io.StringIO()
     result = train(TrainConfig(**{**TINY, "precision": "mixed_float16"}, model_dir=str(tmp_path), strategy="default"), stream=out)
