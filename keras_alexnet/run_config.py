@@ -179,8 +179,13 @@ def check_outside_data(path, flag, dataset):
 def check_creatable(path, flag):
     """A folder written only when the run ends (the export base) is checked at its start without
     being created (a run that learns nothing exports nothing): a file in its way, or a nearest
-    existing folder that is not writable, is refused. Other filesystems (gs://...) are not checked."""
+    existing folder that is not writable, is refused. On other filesystems (gs://...) the path is
+    only read, so that storage that cannot be reached fails now rather than after the training
+    (scripts/_cli.py says it in one line)."""
     if "://" in path:
+        import tensorflow as tf
+
+        tf.io.gfile.exists(path)
         return
     existing = os.path.abspath(path)
     while not os.path.exists(existing):

@@ -96,6 +96,21 @@ def no_space_message(error):
     return f"{reason}{f' writing {where}' if where else ''}: free disk space or write somewhere else, then rerun."
 
 
+def unreachable_storage_message(error):
+    """One line for a TensorFlow filesystem error that could not reach remote storage (gs://, s3://:
+    no network, an unknown host, refused credentials); None for any other error. TensorFlow raises
+    it from the first file call on such a path, a traceback through whatever made that call."""
+    text = str(error)
+    if not type(error).__module__.startswith("tensorflow") or "Error executing an HTTP request" not in text:
+        return None
+    where = re.search(r"\b[a-z][a-z0-9]*://[^\s'\"]+", text)
+    reason = re.search(r"error details: ([^\n]+)|(HTTP response code \d+)", text)
+    return (f"could not reach {where.group(0) if where else 'remote storage'}"
+            f"{f' ({reason.group(1) or reason.group(2)})' if reason else ''}: check the network and the storage's "
+            "credentials (for gs://: gcloud auth application-default login, or GOOGLE_APPLICATION_CREDENTIALS), "
+            "or use a local folder.")
+
+
 def configured_keras_backend():
     """(backend, where it was set): KERAS_BACKEND, else keras.json's "backend" (KERAS_HOME or
     ~/.keras, as Keras reads it); (None, None) when neither sets one."""
@@ -124,7 +139,8 @@ def use_keras_backend(name):
 def run(main, positional=False, argv=None, keras_backend="tensorflow"):
     """absl's `app.run(main)` with `parse_flags`; refuses positional arguments unless `positional`,
     and turns a usage error (`is_usage_error`) or a write that found no space (`no_space_message`)
-    raised by `main` into one line and exit code 2. Keras gets `keras_backend` (`use_keras_backend`;
+    raised by `main` into one line and exit code 2, and so is remote storage that could not be
+    reached (`unreachable_storage_message`). Keras gets `keras_backend` (`use_keras_backend`;
     None: leave it to the script).
 
     `main(argv)` may return an exit code or call `sys.exit` itself; other exit codes and other
@@ -145,7 +161,7 @@ def run(main, positional=False, argv=None, keras_backend="tensorflow"):
         except Exception as error:
             if is_usage_error(error):
                 fail(error)
-            message = no_space_message(error)
+            message = no_space_message(error) or unreachable_storage_message(error)
             if message:
                 fail(message)
             raise

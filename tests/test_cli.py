@@ -243,3 +243,28 @@ def test_the_scripts_use_keras_tensorflow_backend_and_say_so_when_another_was_ch
     err = capsys.readouterr().err
     assert err.startswith(note.format(home=tmp_path)) if note else err == ""
 
+
+class _TensorFlowError(Exception):
+    """Stands in for tensorflow.errors.FailedPreconditionError (this file imports no TensorFlow)."""
+
+
+_TensorFlowError.__module__ = "tensorflow.python.framework.errors_impl"
+
+
+def test_remote_storage_that_cannot_be_reached_is_one_line():
+    # What TensorFlow raised from the first file call on gs:// without a network (seen), a traceback before.
+    error = _TensorFlowError("Error executing an HTTP request: libcurl code 6 meaning 'Could not resolve hostname', error "
+                             "details: Could not resolve host: www.googleapis.com\n\t when reading metadata of "
+                             "gs://bucket/run/checkpoints/checkpoint")
+    assert cli.unreachable_storage_message(error) == (
+        "could not reach gs://bucket/run/checkpoints/checkpoint (Could not resolve host: www.googleapis.com): check the "
+        "network and the storage's credentials (for gs://: gcloud auth application-default login, or "
+        "GOOGLE_APPLICATION_CREDENTIALS), or use a local folder.")
+    assert cli.unreachable_storage_message(RuntimeError(str(error))) is None  # not TensorFlow's: not ours to explain
+    assert cli.unreachable_storage_message(_TensorFlowError("Input to reshape is a tensor with 3 values")) is None
+
+    def main(argv):
+        raise error
+
+    assert run(main, ["prog"]) == 2
+

@@ -215,6 +215,14 @@ def test_a_run_on_the_tf_data_service_says_its_first_step_waits_for_a_worker(tmp
     assert not (tmp_path / "again").exists()
 
 
+def test_an_export_dir_on_remote_storage_is_read_at_the_start(monkeypatch):
+    # Unreachable, it failed only at the export, after the whole training (scripts/_cli.py makes the error one line).
+    reads = []
+    monkeypatch.setattr(tf.io.gfile, "exists", lambda path: reads.append(path) or False)
+    run_config.check_creatable("gs://bucket/models", "--export_dir")
+    assert reads == ["gs://bucket/models"]
+
+
 def test_mixed_float16_uses_loss_scaling_and_warns_on_a_cpu(tmp_path):
     out = io.StringIO()
     result = train(TrainConfig(**{**TINY, "precision": "mixed_float16"}, model_dir=str(tmp_path), strategy="default"), stream=out)
