@@ -36,7 +36,12 @@ IMAGE_BYTES_INPUT = "image_bytes"
 
 
 class ServingError(RuntimeError):
-    """The server answered with an error (its message), or could not be reached."""
+    """The server answered with an error (its message), or could not be reached. `server_wide`:
+    the same answer awaits every image (no server, no such model), so the others are not sent."""
+
+    def __init__(self, message, server_wide=False):
+        super().__init__(message)
+        self.server_wide = server_wide
 
 
 def first_line(message):
@@ -72,11 +77,15 @@ def rest_predict(url, body, timeout=30.0):
         detail = error.read().decode(errors="replace")
         try:
             detail = json.loads(detail)["error"]
-        except (ValueError, KeyError, TypeError):
-            pass
+        except (ValueError, KeyError, TypeError):  # TF Serving answers errors in JSON: this is another server
+            raise ServingError(f"HTTP {error.code} from {url}, not in TF Serving's JSON ({first_line(detail)[:60]}): "
+                               "is --server the REST port of TF Serving (8501)?", server_wide=True) from None
+        if error.code == 404:  # TF Serving: "Servable not found for request: Latest(name)"
+            raise ServingError(f"HTTP 404 from {url}: {first_line(detail)}: the server has no such model or version "
+                               "(check --model, --version and --server)", server_wide=True) from None
         raise ServingError(f"HTTP {error.code}: {first_line(detail)}") from None
     except urllib.error.URLError as error:
-        raise ServingError(f"cannot reach {url}: {error.reason}") from None
+        raise ServingError(f"cannot reach {url}: {error.reason}", server_wide=True) from None
 
 
 def grpc_request(images, model, version=None, signature="serving_default"):
@@ -104,7 +113,8 @@ def grpc_predict(target, request, timeout=30.0):
         try:
             response = stub.Predict(request, timeout=timeout)
         except grpc.RpcError as error:
-            raise ServingError(f"{error.code().name}: {first_line(error.details())}") from None
+            server_wide = error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED)
+            raise ServingError(f"{error.code().name}: {first_line(error.details())}", server_wide) from None
     outputs = {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
     count = len(next(iter(outputs.values())))
     rows = []
@@ -155,6 +165,12 @@ def main(argv):
         except ServingError as error:
             print(f"error: {path}: {error}", file=sys.stderr)
             failed += 1
+            left = len(paths) - paths.index(path) - 1
+            if error.server_wide and left:
+                print(f"error: {left} more image{'s' if left > 1 else ''} not sent: the server would answer "
+                      f"{'them' if left > 1 else 'it'} the same", file=sys.stderr)
+                failed += left
+                break
     sys.exit(1 if failed else 0)
 
 

@@ -416,6 +416,25 @@ def test_rest_client_against_a_stand_in_server(run):
         np.testing.assert_allclose([score for _, score in block], expected["top_k_scores"].numpy()[0], atol=6e-5)
 
 
+def test_rest_client_stops_at_an_answer_that_every_image_would_get(run):
+    # A wrong --model (404), or no server at all, was one identical error line (and one timeout) per image.
+    server = FakeRestServer(run["export"])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        images = [run["images"]["photo.jpg"], run["images"]["stripes.png"], run["images"]["photo.jpg"]]
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        result = run_script("serving_client.py", *images, "--server", url, "--model", "alexnett")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 1 and len(server.requests) == 1, result.stderr
+    assert error_lines(result.stderr) == [
+        f"error: {images[0]}: HTTP 404 from {url}/v1/models/alexnett:predict: Servable not found for request: "
+        "/v1/models/alexnett:predict: the server has no such model or version (check --model, --version and --server)",
+        "error: 2 more images not sent: the server would answer them the same"]
+
+
 def test_rest_client_reports_unreachable_server():
     client = load_client()
     with pytest.raises(client.ServingError, match="cannot reach"):
