@@ -44,7 +44,7 @@ def main(argv):
         path = figures.plot_history(records, out, title=f"training history of {model_dir}", num_classes=_num_classes(history))
     except ValueError as error:  # not only UsageError: figures' own ValueErrors name the file too
         cli.fail(error)
-    print(f"wrote {path} ({len(records)} epochs)")
+    print(f"wrote {path} ({len(records)} epoch{'s' if len(records) != 1 else ''})")
 
 
 if __name__ == "__main__":
