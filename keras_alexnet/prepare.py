@@ -218,6 +218,22 @@ def list_ilsvrc(train_dir, val_dir=None, val_labels=None, synset_names=None):
 # ----------------------------------------------------------------------------- shards
 
 
+def check_holds_only_shards(output_dir):
+    """An --output_dir that already holds other files (a home folder, a run, a dataset) is refused
+    before anything is written: the shards would mix with them. What a prepare writes (shards,
+    manifest, mean image, its hidden state and temporary files) is not "other": an earlier or
+    concurrent prepare into the same folder resumes."""
+    if "://" in output_dir or not os.path.isdir(output_dir):
+        return
+    others = sorted(name for name in os.listdir(output_dir)
+                    if not name.startswith(".") and name not in (MANIFEST, MEAN_IMAGE)
+                    and not re.fullmatch(r"(train|validation)-\d{5}-of-\d{5}(\.tmp-\d+)?", name))
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UsageError(f"--output_dir={output_dir} holds other files ({shown}): choose a new or empty folder, so that "
+                         "the shards do not mix with them.")
+
+
 def shard_name(split, index, num_shards):
     return f"{split}-{index:05d}-of-{num_shards:05d}"
 

@@ -99,6 +99,7 @@ def main(argv):
 
     if FLAGS.input_dir:  # inside it, the shards' folder would be listed as a class, now and by later runs
         check_outside_data(FLAGS.output_dir, "--output_dir", f"folder:{FLAGS.input_dir}")
+    prepare.check_holds_only_shards(FLAGS.output_dir)
     check_writable(FLAGS.output_dir, "--output_dir")  # before any image is read
     if FLAGS.finalize:
         manifest = prepare.finalize(FLAGS.output_dir)

@@ -269,6 +269,10 @@ def test_ilsvrc_layout_tars_folders_flat_val_and_ground_truth(tmp_path):
         prepare.read_validation_labels(str(devkit), names, synsets)
 
 
+def error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
 def _script(*args, **kwargs):
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
     return subprocess.Popen([sys.executable, SCRIPT, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -332,6 +336,21 @@ def test_the_script_says_how_many_photos_it_enlarged_and_how_to_keep_them(tmp_pa
     assert sum(counts) == 6, stdout  # the 40, 48 and 50 px photos of each class, wherever the split put them
     assert ("note: 6 images had a shorter side under --size=64 and were enlarged, which adds no detail: for small photos "
             "a --size of at least the training --image_size x 256/227 (76 for 67) takes less room and decodes faster.\n") in stdout
+
+
+def test_an_output_dir_holding_other_files_is_refused_before_anything_is_written(tmp_path):
+    # A home folder or a run: the shards were written among its files (train.py refuses such a --model_dir).
+    for name in ("cat", "dog"):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        Image.new("RGB", (80, 80)).save(tmp_path / "photos" / name / "0.jpg")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    process = _script(f"--output_dir={tmp_path / 'home'}", f"--input_dir={tmp_path / 'photos'}")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2 and error_lines(stderr) == [
+        f"error: --output_dir={tmp_path / 'home'} holds other files (notes.txt): choose a new or empty folder, so that "
+        "the shards do not mix with them."], stderr
+    assert os.listdir(tmp_path / "home") == ["notes.txt"]
 
 
 def test_an_output_dir_that_cannot_be_written_is_one_line_before_any_image_is_read(tmp_path):
