@@ -28,6 +28,19 @@ flags.DEFINE_integer("image_size", None, "Input size of the model (default: 227 
 FLAGS = flags.FLAGS
 
 
+def save_atomically(model, path):
+    """model.save(path) through a temporary file beside it, renamed into place once complete: a
+    write that fails (a full disk) leaves an earlier file of that name as it was, and no half file."""
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name}.tmp-{os.getpid()}.keras")  # Keras wants the .keras suffix
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
 def main(argv):
     if not FLAGS.input or not FLAGS.output:
         cli.fail("--input and --output are required.")
@@ -39,7 +52,7 @@ def main(argv):
         from keras_alexnet import checkpoints
 
         model, config = checkpoints.restore_model(FLAGS.input)
-        model.save(FLAGS.output)
+        save_atomically(model, FLAGS.output)
         print(f"wrote {FLAGS.output}: {config['restored_checkpoint']}, variant {config['variant']}, "
               f"{config['num_classes']} classes, input {config['image_size']}x{config['image_size']}x3")
         return
@@ -47,7 +60,7 @@ def main(argv):
     if FLAGS.output_npz and source.convention != "caffe":
         cli.fail("--output_npz writes Caffe's layout: only for Caffe weights.")
     model = weights.build_from_weights(source, image_size=FLAGS.image_size)
-    model.save(FLAGS.output)
+    save_atomically(model, FLAGS.output)
     if FLAGS.output_npz:
         weights.save_npz(FLAGS.output_npz, source)
     size = model.input_shape[1]

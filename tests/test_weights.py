@@ -9,6 +9,8 @@ The Caffe tests use a 99x99 input (pool5 2x2, so fc6's row permutation matters) 
 import io
 import os
 import pickle
+import resource
+import signal
 import subprocess
 import sys
 import warnings
@@ -448,3 +450,19 @@ def test_convert_weights_script(tmp_path, caffe_case):
     done = subprocess.run([sys.executable, script, f"--input={caffe_case.npz}", "--output=model.h5"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2 and done.stderr.strip().startswith("error:") and "Traceback" not in done.stderr
+    # A write that fails (here: files capped at 1 MB, as a full disk would) leaves the file it was to
+    # replace as it was, and no partial file: model.save wrote over it in place before.
+    output.write_bytes(b"an earlier conversion")
+    done = subprocess.run([sys.executable, script, f"--input={caffe_case.npz}", f"--output={output}"], capture_output=True,
+                          text=True, env=env, timeout=300, preexec_fn=_file_size_limit(1_000_000))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert output.read_bytes() == b"an earlier conversion"
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["bvlc_alexnet.keras", "bvlc_alexnet_safe.npz"])
+
+
+def _file_size_limit(limit_bytes):
+    """For a child process: writes past `limit_bytes` in one file fail (EFBIG), as on a full disk."""
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    return apply
