@@ -136,12 +136,55 @@ def use_keras_backend(name):
     os.environ["KERAS_BACKEND"] = name
 
 
+class ReaderSafeStdout:
+    """sys.stdout that outlives its reader. When the reader of a pipe goes away (`train.py | head`,
+    a log shipper that died), a write raised BrokenPipeError out of a progress line and stopped a
+    training run with a traceback and without a checkpoint. The run now goes on: one line on
+    stderr says so, and what it would have printed is dropped (history.jsonl, the TensorBoard logs
+    and the checkpoints keep being written)."""
+
+    def __init__(self, stream):
+        self._stream, self._gone = stream, False
+
+    def write(self, text):
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._reader_gone()
+        return len(text)
+
+    def flush(self):
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def _reader_gone(self):
+        self._gone = True
+        try:  # the interpreter's own flush at exit then finds a sink, not the closed pipe
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+        try:
+            print("note: standard output was closed by its reader; going on without printing progress (the run's "
+                  "files keep being written).", file=sys.stderr, flush=True)
+        except (BrokenPipeError, ValueError):
+            pass
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ...
+        return getattr(self._stream, name)
+
+
 def run(main, positional=False, argv=None, keras_backend="tensorflow"):
     """absl's `app.run(main)` with `parse_flags`; refuses positional arguments unless `positional`,
     and turns a usage error (`is_usage_error`) or a write that found no space (`no_space_message`)
     raised by `main` into one line and exit code 2, and so is remote storage that could not be
     reached (`unreachable_storage_message`). Keras gets `keras_backend` (`use_keras_backend`;
-    None: leave it to the script).
+    None: leave it to the script). While `main` runs, stdout outlives its reader (`ReaderSafeStdout`).
 
     `main(argv)` may return an exit code or call `sys.exit` itself; other exit codes and other
     exceptions pass through. `argv` defaults to sys.argv.
@@ -166,4 +209,9 @@ def run(main, positional=False, argv=None, keras_backend="tensorflow"):
                 fail(message)
             raise
 
-    app.run(checked_main, argv=argv, flags_parser=parse_flags)
+    stdout = sys.stdout
+    sys.stdout = stdout if isinstance(stdout, ReaderSafeStdout) else ReaderSafeStdout(stdout)
+    try:
+        app.run(checked_main, argv=argv, flags_parser=parse_flags)
+    finally:
+        sys.stdout = stdout

@@ -2,6 +2,7 @@
 
 import errno
 import importlib.util
+import io
 import json
 import os
 import subprocess
@@ -267,4 +268,19 @@ def test_remote_storage_that_cannot_be_reached_is_one_line():
         raise error
 
     assert run(main, ["prog"]) == 2
+
+
+class _PipeWithoutReader(io.StringIO):
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_stdout_without_a_reader_drops_what_is_printed_and_says_so_once(capsys):
+    stdout = cli.ReaderSafeStdout(_PipeWithoutReader())
+    for line in ("epoch 1/10 ...\n", "epoch 2/10 ...\n"):
+        assert stdout.write(line) == len(line)  # no BrokenPipeError out of a progress line
+    stdout.flush()
+    assert capsys.readouterr().err == ("note: standard output was closed by its reader; going on without printing progress "
+                                       "(the run's files keep being written).\n")
+    assert stdout.isatty() is False  # everything else is the stream's own
 

@@ -599,6 +599,21 @@ def test_train_in_a_process_on_another_keras_backend_is_one_clear_error(monkeypa
     assert not list(tmp_path.iterdir())
 
 
+def test_a_run_whose_output_reader_goes_away_trains_on_and_checkpoints(tmp_path):
+    # `train.py | head -2`: the progress line's write raised BrokenPipeError, a traceback, and the
+    # run ended without a checkpoint.
+    process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), f"--dataset={SHAPES}", "--image_size=67",
+                                "--batch_size=8", "--epochs=1", "--steps_per_epoch=6", "--export_dir=", f"--model_dir={tmp_path}"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert process.stdout.readline().startswith("training paper AlexNet")
+    process.stdout.close()  # the reader goes away
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) in (0, 3) and "Traceback" not in stderr, stderr[-3000:]
+    assert "note: standard output was closed by its reader; going on without printing progress" in stderr
+    assert tf.train.latest_checkpoint(tmp_path / "checkpoints").endswith("ckpt-6")
+
+
 def test_files_that_are_not_readable_images_are_said_once_with_the_held_out_count(tmp_path):
     # They were skipped with one log line for the first and counted in data.BAD_IMAGES, which
     # nothing read: the user never learned how many, nor that the held-out figures left some out.
