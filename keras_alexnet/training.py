@@ -624,11 +624,12 @@ class ChanceWatch:
 
 
 class StopRequest:
-    """SIGTERM (a preemption notice) or a first Ctrl-C asks the loop to checkpoint and stop after
-    the current `steps_per_loop` steps; a second Ctrl-C stops at once, without a checkpoint
-    (KeyboardInterrupt). Handlers are installed only in the main thread."""
+    """SIGTERM (a preemption notice), SIGHUP (the terminal that started the run was closed) or a
+    first Ctrl-C asks the loop to checkpoint and stop after the current `steps_per_loop` steps; a
+    second Ctrl-C stops at once, without a checkpoint (KeyboardInterrupt). Handlers are installed
+    only in the main thread. Exit codes: 128 + the signal's number, as a shell reports it."""
 
-    EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+    EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130, **({signal.SIGHUP: 129} if hasattr(signal, "SIGHUP") else {})}
 
     def __init__(self, stream=None):
         self.stream = stream  # where the Ctrl-C notice goes (None: stderr)

@@ -116,8 +116,11 @@ def main(argv):
         result = train(config)
     except TrainingDiverged as error:
         cli.fail(error, code=1)
-    except Preempted as error:  # SIGTERM or Ctrl-C: checkpoint saved
-        print(str(error), file=sys.stderr)
+    except Preempted as error:  # SIGTERM, SIGHUP or Ctrl-C: checkpoint saved
+        try:
+            print(str(error), file=sys.stderr)
+        except OSError:  # SIGHUP: the terminal is gone
+            pass
         sys.exit(error.exit_code)
     except KeyboardInterrupt:  # Ctrl-C twice, or before training started
         cli.fail(f"interrupted; the newest checkpoint in {config.model_dir} (if any) is kept: rerun the same command to resume.",

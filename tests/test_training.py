@@ -827,7 +827,7 @@ def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(tmp_path):
     assert history[-1]["step"] == last + 2
 
 
-@pytest.mark.parametrize("signum,exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum,exit_code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_sigterm_or_ctrl_c_saves_a_checkpoint_before_exiting(tmp_path, signum, exit_code):
     process = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "train.py"), *LONG_RUN, "--checkpoint_steps=100",
                                 f"--model_dir={tmp_path}"],
