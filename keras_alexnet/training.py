@@ -36,8 +36,9 @@ class TrainingDiverged(RuntimeError):
 
 
 class Preempted(RuntimeError):
-    """SIGTERM or Ctrl-C (SIGINT) arrived; a checkpoint was saved and the same command resumes
-    from it. `exit_code` is the shell's for that signal: 143 for SIGTERM, 130 for SIGINT."""
+    """SIGTERM, SIGHUP or Ctrl-C (SIGINT) arrived; a checkpoint was saved and the same command
+    resumes from it. `exit_code` is the shell's for that signal: 143 for SIGTERM, 129 for SIGHUP,
+    130 for SIGINT."""
 
     def __init__(self, message, exit_code):
         super().__init__(message)
@@ -194,7 +195,7 @@ def train(config, strategy=None, stream=None):
     whether the run learned: "learned" (False when val_top1 is within noise of chance, when nothing
     is exported unless export_at_chance), "num_classes" and "chance_ceiling".
     Raises UsageError for bad input (before any work), TrainingDiverged on a NaN loss and
-    Preempted after SIGTERM or Ctrl-C (both after keeping the last good checkpoint).
+    Preempted after SIGTERM, SIGHUP or Ctrl-C (after keeping the last good checkpoint).
     The chief holds model_dir's lease (keras_alexnet.run_lease) while it trains: UsageError when
     another live run holds it. Resuming skips unreadable checkpoints (checkpoints.restore_newest_readable).
     The global Keras dtype policy is set to the run's precision while it trains, and put back after.
