@@ -146,11 +146,16 @@ class ReaderSafeStdout:
     def __init__(self, stream):
         self._stream, self._gone = stream, False
 
+    # EPIPE: a pipe's reader exited; EIO: the terminal was closed (the run goes on after SIGHUP's checkpoint).
+    GONE = (errno.EPIPE, errno.EIO)
+
     def write(self, text):
         if not self._gone:
             try:
                 return self._stream.write(text)
-            except BrokenPipeError:
+            except OSError as error:
+                if error.errno not in self.GONE:
+                    raise
                 self._reader_gone()
         return len(text)
 
@@ -158,7 +163,9 @@ class ReaderSafeStdout:
         if not self._gone:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
+            except OSError as error:
+                if error.errno not in self.GONE:
+                    raise
                 self._reader_gone()
 
     def _reader_gone(self):
@@ -172,7 +179,7 @@ class ReaderSafeStdout:
         try:
             print("note: standard output was closed by its reader; going on without printing progress (the run's "
                   "files keep being written).", file=sys.stderr, flush=True)
-        except (BrokenPipeError, ValueError):
+        except (OSError, ValueError):
             pass
 
     def __getattr__(self, name):  # isatty, fileno, encoding, ...

@@ -272,7 +272,17 @@ def test_remote_storage_that_cannot_be_reached_is_one_line():
 
 class _PipeWithoutReader(io.StringIO):
     def write(self, text):
-        raise BrokenPipeError(32, "Broken pipe")
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
+class _ClosedTerminal(io.StringIO):
+    def write(self, text):
+        raise OSError(errno.EIO, "Input/output error")
+
+
+class _FullDisk(io.StringIO):
+    def write(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def test_stdout_without_a_reader_drops_what_is_printed_and_says_so_once(capsys):
@@ -283,4 +293,8 @@ def test_stdout_without_a_reader_drops_what_is_printed_and_says_so_once(capsys):
     assert capsys.readouterr().err == ("note: standard output was closed by its reader; going on without printing progress "
                                        "(the run's files keep being written).\n")
     assert stdout.isatty() is False  # everything else is the stream's own
+    stdout = cli.ReaderSafeStdout(_ClosedTerminal())  # after SIGHUP, while the run saves its checkpoint
+    assert stdout.write("epoch 1/10 ...\n") == 15 and "note: standard output was closed" in capsys.readouterr().err
+    with pytest.raises(OSError):  # another error of the stream is not hidden
+        cli.ReaderSafeStdout(_FullDisk()).write("epoch 1/10 ...\n")
 
