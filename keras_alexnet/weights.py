@@ -319,12 +319,17 @@ def _numpy_layout(blobs, path):
 
 
 def _read_npz(path):
-    with np.load(path, allow_pickle=False) as archive:
-        keys = set(archive.files)
-        blobs = {}
-        for name in LAYERS:
-            if f"{name}/weights" in keys and f"{name}/biases" in keys:
-                blobs[name] = (archive[f"{name}/weights"], archive[f"{name}/biases"])
+    if not zipfile.is_zipfile(path):  # np.load would read it as a pickle and suggest allow_pickle
+        raise UsageError(f"{path}: not an .npz archive (an .npz is a zip file of arrays); a download cut short reads like this.")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            blobs = {}
+            for name in LAYERS:
+                if f"{name}/weights" in keys and f"{name}/biases" in keys:
+                    blobs[name] = (archive[f"{name}/weights"], archive[f"{name}/biases"])
+    except (ValueError, EOFError, zipfile.BadZipFile, AttributeError) as error:  # not an archive, or cut short
+        raise UsageError(f"{path}: not an .npz archive NumPy can read ({first_line(error)}); a download cut short reads like this.") from None
     if not blobs:
         raise UsageError(f"{path}: expected arrays named '<layer>/weights' and '<layer>/biases' (e.g. conv1/weights), found {sorted(keys)[:8]}.")
     return blobs
@@ -349,9 +354,12 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 def _read_pickled_npy(path, allow_pickle):
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = header(f)
+        try:
+            version = np.lib.format.read_magic(f)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = header(f)
+        except ValueError as error:  # NumPy's "the magic string is not correct", "EOF: reading magic string"
+            raise UsageError(f"{path}: not a .npy file NumPy can read ({first_line(error)}).") from None
         if not dtype.hasobject:
             raise UsageError(f"{path}: a plain {dtype} array of shape {shape}, not a dict of layer weights.")
         if not allow_pickle:
@@ -498,6 +506,9 @@ def _read_torch_state_dict(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise UsageError(f"{path}: not a plain state_dict (torch.load(weights_only=True) refused it: {first_line(error)}).") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, AttributeError) as error:  # not torch's format, or cut short
+        raise UsageError(f"{path}: not a file torch.load can read ({type(error).__name__}: {first_line(error)}): pass "
+                         "torchvision's alexnet state_dict as torch.save wrote it (a download cut short reads like this).") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

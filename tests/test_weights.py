@@ -414,6 +414,31 @@ def test_torchvision_state_dict_matches_torch(tmp_path):
     assert_logits_close(logits(model, images), reference)
 
 
+def test_a_pth_file_torch_cannot_read_is_one_line(tmp_path):
+    # Junk named .pth raised a KeyError out of torch's unpickler; a cut-short download a RuntimeError.
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'keras_alexnet[torch]')")
+    buffer = io.BytesIO()
+    torch.save({"features.0.weight": torch.zeros(64, 3, 11, 11)}, buffer)
+    for name, content in (("junk.pth", b"junk\n"), ("cut.pth", buffer.getvalue()[:2000])):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UsageError, match=rf"^{tmp_path / name}: not a file torch.load can read \(\w+: .*\): pass "
+                                             "torchvision's alexnet state_dict as torch.save wrote it"):
+            weights.read_weights(tmp_path / name)
+
+
+def test_npz_and_npy_files_numpy_cannot_read_are_one_line(tmp_path):
+    # Junk .npz: NumPy's ValueError suggested allow_pickle; a cut-short .npz a BadZipFile.
+    good = tmp_path / "good.npz"
+    np.savez(good, **{"conv1/weights": np.zeros((96, 3, 11, 11), np.float32), "conv1/biases": np.zeros(96, np.float32)})
+    cases = {"junk.npz": (b"junk\n", "not an .npz archive \\(an .npz is a zip file of arrays\\)"),
+             "cut.npz": (good.read_bytes()[:3000], "not an .npz archive \\(an .npz is a zip file of arrays\\)"),
+             "junk.npy": (b"junk\n", "not a .npy file NumPy can read \\(")}
+    for name, (content, message) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UsageError, match=f"^{tmp_path / name}: {message}"):
+            weights.read_weights(tmp_path / name)
+
+
 def test_torch_load_refuses_arbitrary_pickles(tmp_path):
     torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'keras_alexnet[torch]')")
     path = tmp_path / "evil.pth"
