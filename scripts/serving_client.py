@@ -154,7 +154,7 @@ def main(argv):
         except ImportError:
             cli.fail("--protocol grpc needs tensorflow-serving-api: pip install 'keras_alexnet[serving]'.")
     failed = 0
-    for path in paths:
+    for position, path in enumerate(paths):
         try:
             with open(path, "rb") as f:
                 image = f.read()
@@ -165,7 +165,7 @@ def main(argv):
         except ServingError as error:
             print(f"error: {path}: {error}", file=sys.stderr)
             failed += 1
-            left = len(paths) - paths.index(path) - 1
+            left = len(paths) - position - 1  # not paths.index(path): a path given twice is found at its first place
             if error.server_wide and left:
                 print(f"error: {left} more image{'s' if left > 1 else ''} not sent: the server would answer "
                       f"{'them' if left > 1 else 'it'} the same", file=sys.stderr)
