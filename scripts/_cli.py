@@ -150,23 +150,21 @@ class ReaderSafeStdout:
     GONE = (errno.EPIPE, errno.EIO)
 
     def write(self, text):
-        if not self._gone:
-            try:
-                return self._stream.write(text)
-            except OSError as error:
-                if error.errno not in self.GONE:
-                    raise
-                self._reader_gone()
+        self._unless_gone(self._stream.write, text)
         return len(text)
 
     def flush(self):
-        if not self._gone:
-            try:
-                self._stream.flush()
-            except OSError as error:
-                if error.errno not in self.GONE:
-                    raise
-                self._reader_gone()
+        self._unless_gone(self._stream.flush)
+
+    def _unless_gone(self, call, *args):
+        if self._gone:
+            return
+        try:
+            call(*args)
+        except OSError as error:
+            if error.errno not in self.GONE:
+                raise
+            self._reader_gone()
 
     def _reader_gone(self):
         self._gone = True
