@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from keras_alexnet import image_folder
-from keras_alexnet.errors import UsageError
+from keras_alexnet.errors import UsageError, few
 
 SIZE = 256  # §2
 RESIZE_MODES = ("paper", "shorter")  # paper: shorter side 256, central 256x256; shorter: side only
@@ -229,9 +229,8 @@ def check_holds_only_shards(output_dir):
                     if not name.startswith(".") and name not in (MANIFEST, MEAN_IMAGE)
                     and not re.fullmatch(r"(train|validation)-\d{5}-of-\d{5}(\.tmp-\d+)?", name))
     if others:
-        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise UsageError(f"--output_dir={output_dir} holds other files ({shown}): choose a new or empty folder, so that "
-                         "the shards do not mix with them.")
+        raise UsageError(f"--output_dir={output_dir} holds other files ({few(others, 3)}): choose a new or empty folder, "
+                         "so that the shards do not mix with them.")
 
 
 def shard_name(split, index, num_shards):
