@@ -6,7 +6,6 @@
 Reads MODEL_DIR/history.jsonl (one JSON object per epoch, written by scripts/train.py).
 """
 
-import json
 import os
 
 from absl import flags
@@ -18,15 +17,6 @@ flags.DEFINE_string("out", None, "The figure to write: .png, or .pdf, .svg, .jpg
 FLAGS = flags.FLAGS
 
 
-def _num_classes(history):
-    """The run's class count from the config.json beside history.jsonl; None if there is none."""
-    try:
-        with open(os.path.join(os.path.dirname(history), "config.json"), encoding="utf-8") as f:
-            return json.load(f).get("num_classes")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def main(argv):
     if len(argv) != 2:
         cli.fail("usage: plot_history.py MODEL_DIR [--out FILE.png]")
@@ -34,14 +24,19 @@ def main(argv):
     history = model_dir if os.path.isfile(model_dir) else os.path.join(model_dir, "history.jsonl")
     if not os.path.isfile(history):  # checked before TensorFlow is imported, so the answer is immediate
         cli.fail(f"{history} not found: pass a model_dir written by scripts/train.py.")
-    from keras_alexnet import figures
+    from keras_alexnet import checkpoints, figures
+    from keras_alexnet.errors import UsageError
 
+    try:  # the run's class count decides whether top-5 is drawn; a history without its run is drawn whole
+        num_classes = checkpoints.read_config(os.path.dirname(history)).get("num_classes")
+    except (FileNotFoundError, UsageError):
+        num_classes = None
     try:
         records = figures.read_history(model_dir)
         if not records:
             raise ValueError(f"{model_dir}: history.jsonl has no finished epoch yet.")
         out = FLAGS.out or os.path.join(model_dir if os.path.isdir(model_dir) else os.path.dirname(model_dir), "history.png")
-        path = figures.plot_history(records, out, title=f"training history of {model_dir}", num_classes=_num_classes(history))
+        path = figures.plot_history(records, out, title=f"training history of {model_dir}", num_classes=num_classes)
     except ValueError as error:  # not only UsageError: figures' own ValueErrors name the file too
         cli.fail(error)
     print(f"wrote {path} ({len(records)} epoch{'s' if len(records) != 1 else ''})")
