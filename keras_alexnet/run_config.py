@@ -157,8 +157,7 @@ def check_holds_no_other_files(model_dir):
         return
     entries = sorted(name for name in os.listdir(model_dir) if not name.startswith("."))
     if entries and not any(marker in entries for marker in RUN_MARKERS):
-        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
-        raise UsageError(f"--model_dir={model_dir} holds other files ({shown}) and no training run: choose a new or "
+        raise UsageError(f"--model_dir={model_dir} holds other files ({few(entries, 3)}) and no training run: choose a new or "
                          "empty folder, so that the run's checkpoints and logs do not mix with them.")
 
 
