@@ -127,7 +127,8 @@ def build(
     `keras_alexnet.weights.load_weights` (the file's convention by default).
     """
     input_shape = tuple(input_shape)
-    _check_build_arguments(variant, init, groups, input_shape, classifier_activation, convention, num_classes, weight_decay)
+    _check_build_arguments(variant, init, groups, input_shape, classifier_activation, convention, num_classes,
+                           weight_decay, dropout)
     num_classes = int(num_classes)  # Keras' Dense takes no numpy integer (a label count from np.unique)
     seeds = keras.random.SeedGenerator(seed) if seed is not None else None
 
@@ -153,7 +154,8 @@ def build(
     return keras.Model(inputs, outputs, name=name or ("alexnet" if variant == "paper" else "alexnet_one_column"))
 
 
-def _check_build_arguments(variant, init, groups, input_shape, classifier_activation, convention, num_classes, weight_decay):
+def _check_build_arguments(variant, init, groups, input_shape, classifier_activation, convention, num_classes,
+                           weight_decay, dropout):
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
     if init not in INITS:
@@ -176,6 +178,8 @@ def _check_build_arguments(variant, init, groups, input_shape, classifier_activa
         raise ValueError(f"num_classes must be a whole number of at least 1, got {num_classes!r}.")
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be 0 or more (the paper's is 5e-4), got {weight_decay!r}.")
+    if not 0 <= dropout < 1:  # Keras takes 1.0 and then zeroes fc6 and fc7 in training: nothing learns
+        raise ValueError(f"dropout must be in [0, 1) (the paper's is 0.5), got {dropout!r}.")
 
 
 def _convolutions(x, variant, groups, convention, initializers):

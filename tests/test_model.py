@@ -91,6 +91,8 @@ def test_bad_arguments_are_clear():
         keras_alexnet.build(num_classes=2.5)
     with pytest.raises(ValueError, match=r"^weight_decay must be 0 or more \(the paper's is 5e-4\), got -1\.$"):
         keras_alexnet.build(weight_decay=-1)  # was Keras' "l2=-0.5", half the number given
+    with pytest.raises(ValueError, match=r"^dropout must be in \[0, 1\) \(the paper's is 0\.5\), got 1\.0\.$"):
+        keras_alexnet.build(dropout=1.0)  # was accepted: fc6 and fc7 zeroed in every training step
     assert keras_alexnet.build(num_classes=np.int64(3), input_shape=(67, 67, 3)).output_shape == (None, 3)
 
 
