@@ -82,11 +82,14 @@ def report(manifest):
               f"{len(skipped)} files skipped" + (f", {entry['upscaled']} enlarged" if entry.get("upscaled") else "")
               + "".join(f"\n  skipped {path}: {why}" for path, why in skipped[:20])
               + (f"\n  ... and {len(skipped) - 20} more (manifest.json)" if len(skipped) > 20 else ""))
+    from keras_alexnet import augment, min_input_size
+
     enlarged = sum(entry.get("upscaled", 0) for entry in manifest["splits"].values())
-    if enlarged:
+    smallest = augment.scaled_size(min_input_size())  # 76: what a 67-px run rescales to, enlarging as it must
+    if enlarged and manifest["size"] > smallest:
         print(f"note: {enlarged} images had a shorter side under --size={manifest['size']} and were enlarged, which adds "
-              "no detail: for small photos a --size of at least the training --image_size x 256/227 (76 for 67) takes "
-              "less room and decodes faster.")
+              f"no detail: for small photos a --size between the training --image_size x 256/227 "
+              f"({smallest} for {min_input_size()}) and the photos' own takes less room and decodes faster.")
     print(f"training mean (RGB, per channel): {manifest.get('mean_rgb')}")
     print(f"--dataset=tfrecord:{FLAGS.output_dir}   (or tfrecord:{FLAGS.output_dir}?mean=channel to subtract this "
           "training set's own mean, §2)")
