@@ -111,6 +111,22 @@ def unreachable_storage_message(error):
             "or use a local folder.")
 
 
+def out_of_memory_message(error):
+    """One line for an allocation that failed: TensorFlow's ResourceExhaustedError ("OOM when
+    allocating tensor with shape[...] ... on ...GPU:0", what a batch too large for a GPU raises) or
+    Python's MemoryError (a host array); None for any other error."""
+    from keras_alexnet.errors import first_line  # loaded already: the scripts' work runs through the package
+
+    if isinstance(error, MemoryError):
+        detail = first_line(error) if str(error) else "the host ran out"
+    elif type(error).__name__ == "ResourceExhaustedError" and "OOM" in str(error):
+        detail = first_line(error)
+    else:
+        return None
+    return (f"out of memory ({detail}): lower --batch_size (or --image_size), or run where there is more memory; "
+            "files already written are kept.")
+
+
 def configured_keras_backend():
     """(backend, where it was set): KERAS_BACKEND, else keras.json's "backend" (KERAS_HOME or
     ~/.keras, as Keras reads it); (None, None) when neither sets one."""
@@ -209,7 +225,7 @@ def run(main, positional=False, argv=None, keras_backend="tensorflow"):
         except Exception as error:
             if is_usage_error(error):
                 fail(error)
-            message = no_space_message(error) or unreachable_storage_message(error)
+            message = no_space_message(error) or unreachable_storage_message(error) or out_of_memory_message(error)
             if message:
                 fail(message)
             raise

@@ -270,6 +270,30 @@ def test_remote_storage_that_cannot_be_reached_is_one_line():
     assert run(main, ["prog"]) == 2
 
 
+class ResourceExhaustedError(_TensorFlowError):
+    """Stands in for tensorflow.errors.ResourceExhaustedError."""
+
+
+def test_memory_that_ran_out_is_one_line():
+    # What a batch too large for a GPU raises (TensorFlow's message), a traceback through the training loop before.
+    error = ResourceExhaustedError("{{function_node __inference_train_loop_812}} OOM when allocating tensor with "
+                                   "shape[1024,96,55,55] and type float on /job:localhost/replica:0/task:0/device:GPU:0 "
+                                   "by allocator GPU_0_bfc\n\t [[{{node conv1/Relu}}]]\nHint: If you want to see ...")
+    assert cli.out_of_memory_message(error) == (
+        "out of memory (OOM when allocating tensor with shape[1024,96,55,55] and type float on /job:localhost/replica:0/"
+        "task:0/device:GPU:0 by allocator GPU_0_bfc): lower --batch_size (or --image_size), or run where there is more "
+        "memory; files already written are kept.")
+    host = MemoryError("Unable to allocate 230. GiB for an array with shape (200000, 227, 227, 3) and data type int64")
+    assert cli.out_of_memory_message(host).startswith("out of memory (Unable to allocate 230. GiB for an array")
+    assert cli.out_of_memory_message(ResourceExhaustedError("quota exceeded for bucket")) is None  # not memory
+    assert cli.out_of_memory_message(RuntimeError("OOM when allocating")) is None
+
+    def main(argv):
+        raise error
+
+    assert run(main, ["prog"]) == 2
+
+
 class _PipeWithoutReader(io.StringIO):
     def write(self, text):
         raise BrokenPipeError(errno.EPIPE, "Broken pipe")
