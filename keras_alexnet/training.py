@@ -560,7 +560,7 @@ class _Run:
                                              image_size=config.image_size, mean_image=info.mean_rgb)
         except UsageError as error:  # a full disk, a folder made read-only during the run
             raise UsageError(f"{error}; the trained model is in the checkpoints of {config.model_dir}: export it with "
-                             f"scripts/export.py --model_dir {config.model_dir} --export_base FOLDER.") from None
+                             f"scripts/export.py --model_dir {config.model_dir} --export_dir FOLDER.") from None
 
 
 def top5_text(top5, num_classes, digits=3):

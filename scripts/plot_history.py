@@ -1,7 +1,7 @@
 """Training curves: loss, top-1/top-5 error and learning rate per epoch of a training run.
 
     python scripts/plot_history.py runs/alexnet                 # writes runs/alexnet/history.png
-    python scripts/plot_history.py runs/alexnet --out curves.png
+    python scripts/plot_history.py --model_dir runs/alexnet --out curves.png   # as the other scripts take it
 
 Reads MODEL_DIR/history.jsonl (one JSON object per epoch, written by scripts/train.py).
 """
@@ -12,15 +12,16 @@ from absl import flags
 
 import _cli as cli
 
+flags.DEFINE_string("model_dir", None, "The training run's directory (or give it as the one argument).")
 flags.DEFINE_string("out", None, "The figure to write: .png, or .pdf, .svg, .jpg by its name (default: MODEL_DIR/history.png).")
 
 FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) != 2:
-        cli.fail("usage: plot_history.py MODEL_DIR [--out FILE.png]")
-    model_dir = argv[1]
+    if len(argv) + bool(FLAGS.model_dir) != 2:
+        cli.fail("usage: plot_history.py MODEL_DIR (or --model_dir MODEL_DIR) [--out FILE.png]")
+    model_dir = FLAGS.model_dir or argv[1]
     history = model_dir if os.path.isfile(model_dir) else os.path.join(model_dir, "history.jsonl")
     if not os.path.isfile(history):  # checked before TensorFlow is imported, so the answer is immediate
         cli.fail(f"{history} not found: pass a model_dir written by scripts/train.py.")

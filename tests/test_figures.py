@@ -206,6 +206,9 @@ def test_scripts_end_to_end(tmp_path):
     done = run_script("plot_history.py", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr
     assert png_size(str(tmp_path / "run" / "history.png"))[0] > 800
+    done = run_script("plot_history.py", f"--model_dir={tmp_path / 'run'}", f"--out={tmp_path / 'curves.png'}")
+    assert done.returncode == 0, done.stderr  # was "Unknown command line flag 'model_dir'. Did you mean: log_dir ?"
+    assert png_size(str(tmp_path / "curves.png"))[0] > 800
 
     saved = str(tmp_path / "features.keras")  # a small file: the convolutional part is all Fig. 3 needs
     keras_alexnet.build(input_shape=(67, 67, 3), include_top=False, seed=1).save(saved)

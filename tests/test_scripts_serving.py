@@ -125,6 +125,7 @@ def run(tmp_path_factory):
     base = root / "saved" / "alexnet"
     runs = {}
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        # --export_base: the flag's name before it took train.py's --export_dir, still accepted.
         exported = pool.submit(run_script, "export.py", "--model_dir", root / "model_dir", "--export_base", base)
         runs["predict model_dir"] = pool.submit(run_script, "predict.py", *predict_args(images), "--model_dir",
                                                 root / "model_dir", env=OWN_LOG_LEVEL)
@@ -134,7 +135,7 @@ def run(tmp_path_factory):
         assert result.returncode == 0, result.stderr[-3000:]
         runs["export"] = exported
         runs["export again"] = pool.submit(run_script, "export.py", "--model_dir", root / "model_dir",
-                                           "--export_base", base, "--version", 1)
+                                           "--export_dir", base, "--version", 1)
         runs["predict saved_model"] = pool.submit(run_script, "predict.py", *predict_args(images), "--saved_model", base / "1",
                                                   env=OWN_LOG_LEVEL)
         for evaluation in later:
@@ -163,7 +164,7 @@ def test_export_script_warns_about_a_run_that_ended_at_chance_and_exports_where_
     write_model_dir(str(model_dir))
     record = {"epoch": 2, "val_top1": 0.09, "val_examples": 1000}  # 10 classes: chance 0.1
     (model_dir / "history.jsonl").write_text(json.dumps({**record, "epoch": 1}) + "\n" + json.dumps(record) + "\n")
-    # Without --export_base: the run's own --export_dir (it was saved_models/alexnet whatever the run's).
+    # Without --export_dir: the run's own --export_dir (it was saved_models/alexnet whatever the run's).
     config = checkpoints.read_config(str(model_dir))
     checkpoints.write_config(str(model_dir), {**config, "export_dir": str(tmp_path / "base")})
     # (With the opt-in bfloat16 export, to run that flag end to end too.)

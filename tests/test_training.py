@@ -559,7 +559,7 @@ def test_an_export_that_fails_at_the_end_is_one_line_that_names_the_checkpoints(
         train(config)
     assert str(failed.value) == (
         f"could not export to {tmp_path / 'export'} (No space left on device); the trained model is in the checkpoints of "
-        f"{tmp_path / 'run'}: export it with scripts/export.py --model_dir {tmp_path / 'run'} --export_base FOLDER.")
+        f"{tmp_path / 'run'}: export it with scripts/export.py --model_dir {tmp_path / 'run'} --export_dir FOLDER.")
     assert tf.train.latest_checkpoint(tmp_path / "run" / "checkpoints").endswith("ckpt-2")
 
 
