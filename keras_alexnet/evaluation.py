@@ -20,6 +20,7 @@ import time
 import tensorflow as tf
 
 from keras_alexnet.errors import few
+from keras_alexnet.logs import rate_and_eta
 
 TOP_K = 5
 
@@ -141,13 +142,8 @@ def average_views(probabilities_fn, images):
 
 def _progress_line(step, examples, top1, seconds, expected_examples):
     """'step 40: 2560 of 50000 images, top-1 error 0.4211, 265.3 img/s, ETA 3m01s'."""
-    rate = examples / seconds if seconds > 0 else float("nan")
-    line = f"step {step}: {examples}{f' of {expected_examples}' if expected_examples else ''} images, " \
-           f"top-1 error {(examples - top1) / examples:.4f}, {rate:.1f} img/s"
-    if expected_examples and rate > 0:
-        left = max(expected_examples - examples, 0) / rate
-        line += f", ETA {int(left) // 60}m{int(left) % 60:02d}s"
-    return line
+    return (f"step {step}: {examples}{f' of {expected_examples}' if expected_examples else ''} images, "
+            f"top-1 error {(examples - top1) / examples:.4f}, {rate_and_eta(examples, expected_examples, seconds)}")
 
 
 def evaluate(probabilities_fn, dataset_fn, strategy=None, top_k=TOP_K, log_every=0, expected_examples=None):

@@ -13,13 +13,15 @@ on `matplotlib.figure.Figure` objects with the Agg canvas: no display, no pyplot
 """
 
 import json
+import math
 import os
+import time
 
 import numpy as np
 
 from keras_alexnet.augment import IMAGENET_MEAN_RGB
 from keras_alexnet.errors import UsageError
-from keras_alexnet.logs import read_history_records
+from keras_alexnet.logs import rate_and_eta, read_history_records
 
 KERNELS_PER_ROW = 16
 
@@ -114,18 +116,21 @@ class Features:
         return len(self.labels)
 
 
-def extract_features(model, dataset, directory, layer="fc7", log_every=0, log=print):
+def extract_features(model, dataset, directory, layer="fc7", log_every=0, log=print, expected=None):
     """Run a dataset of (images, labels) batches through `model` up to `layer` (fc7: the 4096-d
     activations after ReLU that §6.1 compares) and stream the activations to `directory`.
 
     Only one batch is held in memory: the vectors go to directory/features.f32 (raw float32,
-    row-major), the labels to labels.npy, the shape to features.json. Returns `Features`.
+    row-major), the labels to labels.npy, the shape to features.json. Every `log_every` batches
+    `log` gets a progress line (with `expected` images: how many are left and when it ends).
+    Returns `Features`.
     """
     from keras_alexnet.model import feature_extractor
 
     extractor = feature_extractor(model, layer)
     os.makedirs(directory, exist_ok=True)
     labels, count, dim = [], 0, int(extractor.output.shape[-1])
+    start = time.perf_counter()
     with open(os.path.join(directory, "features.f32"), "wb") as out:
         for step, (images, batch_labels) in enumerate(dataset, start=1):
             vectors = np.asarray(extractor.predict_on_batch(images), dtype=np.float32)
@@ -133,11 +138,16 @@ def extract_features(model, dataset, directory, layer="fc7", log_every=0, log=pr
             labels.append(np.asarray(batch_labels))
             count += len(vectors)
             if log_every and step % log_every == 0:
-                log(f"features: {count} images")
+                log(_features_progress(layer, count, expected, time.perf_counter() - start))
     np.save(os.path.join(directory, "labels.npy"), np.concatenate(labels) if labels else np.zeros(0, np.int32))
     with open(os.path.join(directory, "features.json"), "w") as f:
         json.dump({"count": count, "dim": dim, "layer": layer}, f)
     return Features(directory)
+
+
+def _features_progress(layer, count, expected, seconds):
+    """'fc7 activations: 2560 of 1281167 images, 265.3 img/s, ETA 80m17s'."""
+    return f"{layer} activations: {count}{f' of {expected}' if expected else ''} images, {rate_and_eta(count, expected, seconds)}"
 
 
 def nearest_neighbors(queries, vectors, k, chunk_rows=4096):
@@ -263,8 +273,11 @@ def neighbors_figure(model, spec, path, *, split="train", queries=None, query_ti
     query_vectors = np.asarray(feature_extractor(model).predict_on_batch(queries), np.float32)
 
     with (contextlib.nullcontext(features_dir) if features_dir else tempfile.TemporaryDirectory()) as directory:
-        log(f"computing fc7 activations of {spec} ({split}) into {directory}")
-        features = extract_features(model, ordered(split), directory, log=log)
+        expected = info.num_examples.get(split)
+        log(f"computing fc7 activations of {spec} ({split}{f', {expected} images' if expected else ''}) into {directory}")
+        # About ten progress lines over the split: ImageNet's takes an hour on a CPU.
+        log_every = max(1, math.ceil(math.ceil((expected or 0) / batch_size) / 10))
+        features = extract_features(model, ordered(split), directory, log=log, log_every=log_every, expected=expected)
         if len(features) == 0:
             raise ValueError(f"{spec} has no {split} examples to search.")
         indices, distances = nearest_neighbors(query_vectors, features.vectors, k)

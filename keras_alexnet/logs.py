@@ -53,6 +53,17 @@ class Progress:
         self._last_printed = -1
 
 
+def rate_and_eta(done, expected, seconds):
+    """'265.3 img/s, ETA 3m01s' of a pass over `expected` images (None: unknown, no ETA) that has
+    done `done` of them in `seconds`: the tail of the evaluation's and the activations' progress lines."""
+    rate = done / seconds if seconds > 0 else float("nan")
+    line = f"{rate:.1f} img/s"
+    if expected and rate > 0:
+        left = int(max(expected - done, 0) / rate)
+        line += f", ETA {left // 60}m{left % 60:02d}s"
+    return line
+
+
 def _format_seconds(seconds):
     if seconds != seconds:  # NaN
         return "?"

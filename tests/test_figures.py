@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -111,8 +112,13 @@ def test_neighbors_figure_finds_a_training_image_itself(tmp_path, model):
     picks = [3, 17]
     queries = np.asarray(images)[picks]
     path = str(tmp_path / "fig4.png")
+    said = []
     result = figures.neighbors_figure(model, SHAPES, path, queries=queries, query_titles=["a", "b"], k=4, batch_size=16,
-                                      features_dir=str(tmp_path / "features"), log=lambda message: None)
+                                      features_dir=str(tmp_path / "features"), log=said.append)
+    # Progress over the split (an hour on ImageNet; nothing was said between the first line and the end).
+    assert said[0] == f"computing fc7 activations of {SHAPES} (train, 40 images) into {tmp_path / 'features'}", said
+    assert [re.sub(r"[\d.]+ img/s, ETA \d+m\d\ds", "R", line) for line in said[1:]] == [
+        "fc7 activations: 16 of 40 images, R", "fc7 activations: 32 of 40 images, R", "fc7 activations: 40 of 40 images, R"]
     np.testing.assert_array_equal(result["indices"][:, 0], picks)
     np.testing.assert_allclose(result["distances"][:, 0], 0.0, atol=1e-2)
     np.testing.assert_array_equal(result["labels"][:, 0], np.asarray(labels)[picks])
