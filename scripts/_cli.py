@@ -12,10 +12,12 @@ usage errors before that; serving_client.py's REST path needs no TensorFlow at a
 imports it as `import _cli as cli` (Python puts the script's folder first on sys.path).
 """
 
+import contextlib
 import errno
 import json
 import os
 import re
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -200,6 +202,41 @@ class ReaderSafeStdout:
         return getattr(self._stream, name)
 
 
+# Signals that end a script (a job scheduler's stop, `timeout`, a closed terminal): by default the
+# process dies where it stands, leaving a half-written export's staging folder or gigabytes of
+# temporary activations behind. As SystemExit they unwind through every `finally` and `with`.
+_STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+_stopped_by = []  # the stop signal received, if one was
+
+
+def _exit_on_signal(signum, frame):
+    if not _stopped_by:
+        print(f"stopped by {signal.Signals(signum).name}.", file=sys.stderr, flush=True)
+    _stopped_by.append(signum)
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def signals_unwind():
+    """Inside the block SIGTERM and SIGHUP raise SystemExit(128 + the signal's number), so
+    cleanups run; scripts/train.py's loop installs its own handlers over these (a checkpoint
+    first). The handlers before are put back after; outside the main thread nothing changes."""
+    previous = {}
+    try:
+        for name in _STOP_SIGNALS:
+            if hasattr(signal, name):
+                previous[name] = signal.signal(getattr(signal, name), _exit_on_signal)
+    except ValueError:  # not the main thread: signals stay as they are
+        pass
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
 def run(main, positional=False, argv=None, keras_backend="tensorflow"):
     """absl's `app.run(main)` with `parse_flags`; refuses positional arguments unless `positional`,
     and turns a usage error (`is_usage_error`) or a write that found no space (`no_space_message`)
@@ -223,6 +260,8 @@ def run(main, positional=False, argv=None, keras_backend="tensorflow"):
         try:
             return main(argv)
         except Exception as error:
+            if _stopped_by:  # raised on the way out by what the signal interrupted (TensorFlow tracing a function, say)
+                sys.exit(128 + _stopped_by[0])
             if is_usage_error(error):
                 fail(error)
             message = no_space_message(error) or unreachable_storage_message(error) or out_of_memory_message(error)
@@ -233,6 +272,7 @@ def run(main, positional=False, argv=None, keras_backend="tensorflow"):
     stdout = sys.stdout
     sys.stdout = stdout if isinstance(stdout, ReaderSafeStdout) else ReaderSafeStdout(stdout)
     try:
-        app.run(checked_main, argv=argv, flags_parser=parse_flags)
+        with signals_unwind():
+            app.run(checked_main, argv=argv, flags_parser=parse_flags)
     finally:
         sys.stdout = stdout
