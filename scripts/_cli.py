@@ -237,6 +237,20 @@ def signals_unwind():
             signal.signal(getattr(signal, name), handler)
 
 
+def stray_arguments_message(raw_argv, stray, flag_values=flags.FLAGS):
+    """Why arguments were left over: a value given to a true/false flag after a space (`--xla
+    false`: absl takes `--xla` as true and leaves `false`), or arguments where flags were meant."""
+    for index, token in enumerate(raw_argv[1:], start=1):
+        if token != stray[0] or index < 2:
+            continue
+        name = raw_argv[index - 1].lstrip("-")
+        if raw_argv[index - 1].startswith("-") and "=" not in name and name in flag_values \
+                and flag_values[name].boolean:
+            return (f"--{name} {token}: a true/false flag takes its value after '=': --{name}={token} "
+                    f"(or --{name} for true, --no{name} for false).")
+    return f"unexpected arguments {stray}: flags are --name=value."
+
+
 def run(main, positional=False, argv=None, keras_backend="tensorflow"):
     """absl's `app.run(main)` with `parse_flags`; refuses positional arguments unless `positional`,
     and turns a usage error (`is_usage_error`) or a write that found no space (`no_space_message`)
@@ -250,9 +264,11 @@ def run(main, positional=False, argv=None, keras_backend="tensorflow"):
     if keras_backend:
         use_keras_backend(keras_backend)
 
+    raw_argv = list(sys.argv if argv is None else argv)
+
     def checked_main(argv):
         if not positional and len(argv) > 1:
-            fail(f"unexpected arguments {argv[1:]}: flags are --name=value.")
+            fail(stray_arguments_message(raw_argv, argv[1:]))
         # absl logs TensorFlow's INFO lines (checkpoint sharding, SavedModel assets, retracing
         # notes) by default: keep the terminal for progress and results. --verbosity=0 shows them.
         if not flags.FLAGS["verbosity"].present:

@@ -120,6 +120,16 @@ def test_run_refuses_positional_arguments_unless_asked(capsys):
     assert capsys.readouterr().err == "error: unexpected arguments ['stray']: flags are --name=value.\n"
 
 
+def test_a_value_after_a_true_false_flag_is_explained(flag_values):
+    # `--xla false` parses as --xla (true) and a stray "false": the run was refused as "unexpected arguments".
+    flags.DEFINE_bool("xla", True, "XLA.", flag_values=flag_values)
+    message = cli.stray_arguments_message(["train.py", "--xla", "false", "--batch_size", "8"], ["false"], flag_values)
+    assert message == "--xla false: a true/false flag takes its value after '=': --xla=false (or --xla for true, --noxla for false)."
+    # A value after a flag that is not true/false is absl's to take; what is left is a stray argument.
+    assert cli.stray_arguments_message(["train.py", "--batch_size", "8", "x.jpg"], ["x.jpg"], flag_values) == (
+        "unexpected arguments ['x.jpg']: flags are --name=value.")
+
+
 @pytest.mark.parametrize(
     "error,line",
     [
