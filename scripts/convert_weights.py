@@ -47,10 +47,18 @@ def main(argv):
     if not FLAGS.output.endswith(".keras"):
         cli.fail(f"--output={FLAGS.output}: the output is a Keras model file; name it *.keras.")
     from keras_alexnet import weights
+    from keras_alexnet.run_config import check_writable
 
+    # Checked before the work: a folder that is not there was named by the temporary file's path.
+    for flag in ("output", "output_npz"):
+        if getattr(FLAGS, flag):
+            check_writable(os.path.dirname(os.path.abspath(getattr(FLAGS, flag))), f"the folder of --{flag}")
     if os.path.isdir(FLAGS.input):  # a training run: its newest readable checkpoint, with its conventions
         from keras_alexnet import checkpoints
 
+        if not os.path.isfile(os.path.join(FLAGS.input, "config.json")):
+            cli.fail(f"--input={FLAGS.input} is a folder but not a training run (no config.json): pass a run's "
+                     "--model_dir, or a weight file (.caffemodel, .npz, .npy, .pth, .pt).")
         model, config = checkpoints.restore_model(FLAGS.input)
         save_atomically(model, FLAGS.output)
         print(f"wrote {FLAGS.output}: {config['restored_checkpoint']}, variant {config['variant']}, "

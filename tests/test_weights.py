@@ -483,6 +483,17 @@ def test_convert_weights_script(tmp_path, caffe_case):
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert output.read_bytes() == b"an earlier conversion"
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["bvlc_alexnet.keras", "bvlc_alexnet_safe.npz"])
+    # Said with the flag's name, before the work (a missing folder was named by the temporary file's
+    # path; a folder that is not a run by --model_dir, a flag this script does not have).
+    (tmp_path / "photos").mkdir()
+    for arguments, message in [
+            ((f"--input={caffe_case.npz}", "--output=/proc/no_such_folder/a.keras"),
+             "error: the folder of --output=/proc/no_such_folder is not writable ("),
+            ((f"--input={tmp_path / 'photos'}", f"--output={tmp_path / 'b.keras'}"),
+             f"error: --input={tmp_path / 'photos'} is a folder but not a training run (no config.json): pass a run's "
+             "--model_dir, or a weight file (.caffemodel, .npz, .npy, .pth, .pt).\n")]:
+        done = subprocess.run([sys.executable, script, *arguments], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 2 and done.stderr.startswith(message), done.stderr[-2000:]
 
 
 def _file_size_limit(limit_bytes):
