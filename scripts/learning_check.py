@@ -55,10 +55,11 @@ def _train(photo_dir, name, seed, model_dir):
 
 def main(argv):
     from keras_alexnet import figures, photos
+    from keras_alexnet.run_config import check_writable
 
     names = photos.set_names(FLAGS.sets)
     photo_dir = FLAGS.photo_dir or os.path.join(FLAGS.out, "photo_sets")
-    os.makedirs(FLAGS.out, exist_ok=True)
+    check_writable(FLAGS.out, "--out")
     for name in names:
         if not os.path.isdir(os.path.join(photo_dir, name)):
             photos.write_photo_set(os.path.join(photo_dir, name), photos.PHOTO_SETS[name])

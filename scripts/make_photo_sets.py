@@ -22,8 +22,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     from keras_alexnet import photos
+    from keras_alexnet.run_config import check_writable
 
     names = photos.set_names(FLAGS.sets)
+    check_writable(FLAGS.out, "--out")
     config = photos.PatchConfig(train_per_class=FLAGS.train_per_class,
                                 validation_per_class=FLAGS.validation_per_class, seed=FLAGS.seed)
     for name in names:
