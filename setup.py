@@ -24,8 +24,9 @@ setup(
     ],
     extras_require={
         # tensorflow-serving-api lets the tests parse warm-up records and build gRPC requests.
-        # scikit-image: photographs for the test that training learns real images (keras_alexnet.photos).
-        "test": ["pytest>=7.3", "tensorflow-serving-api", "scikit-image"],
+        # scikit-image: photographs for the test that training learns real images (keras_alexnet.photos);
+        # scikit-learn: the classifier of scripts/photo_reference.py, tested end to end.
+        "test": ["pytest>=7.3", "tensorflow-serving-api", "scikit-image", "scikit-learn"],
         # The packages whose photographs keras_alexnet.photos cuts into small real-photo datasets.
         "photos": ["scikit-image", "scikit-learn"],
         # gRPC client for TF Serving; needs the full `tensorflow` distribution, not tensorflow-cpu.

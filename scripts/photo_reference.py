@@ -25,8 +25,11 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    from sklearn.ensemble import ExtraTreesClassifier
-    from sklearn.metrics import confusion_matrix
+    try:
+        from sklearn.ensemble import ExtraTreesClassifier
+        from sklearn.metrics import confusion_matrix
+    except ImportError:
+        cli.fail('scikit-learn is not installed: pip install -e ".[photos]"')
 
     from keras_alexnet import photos
 

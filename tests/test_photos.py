@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -42,7 +43,7 @@ def test_reference_split_reads_class_folders_in_order(tmp_path):
     assert features.shape[0] == 4 and np.allclose(features[0], features[1]) and not np.allclose(features[0], features[2])
 
 
-# --- scripts/make_photo_sets.py and scripts/learning_check.py -----------------------------------
+# --- scripts/make_photo_sets.py, learning_check.py and photo_reference.py ------------------------
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
 
@@ -69,6 +70,10 @@ def test_the_learning_check_scripts_end_to_end(tmp_path):
     assert 0.0 <= runs[0]["final_val_top1"] <= 1.0 and runs[0]["exit_code"] in (0, 3)  # 2 epochs: learned or not
     with Image.open(tmp_path / "check" / "curves.png") as curves:
         assert curves.size[0] > 300
+    done = _script("photo_reference.py", f"--photo_dir={tmp_path / 'photos'}", "--sets=grey8")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert re.match(r"grey8 +held-out top-1 [01]\.\d{3} \(16 patches\)\n  confusion", done.stdout), done.stdout
+    assert len(done.stdout.splitlines()) == 2 + 8  # the line, the header, one row a class
     # A folder that cannot be made is one line naming the flag, before any work.
     for name in ("make_photo_sets.py", "learning_check.py"):
         done = _script(name, "--out=/proc/no_such_folder", "--sets=grey8")
