@@ -65,6 +65,9 @@ def read_config(model_dir):
     UsageError (one line) if it is not a JSON object (a hand edit, a copy cut short)."""
     path = os.path.join(model_dir, CONFIG_FILE)
     if not tf.io.gfile.exists(path):
+        if tf.saved_model.contains_saved_model(model_dir):
+            raise FileNotFoundError(f"{model_dir} is a SavedModel (an export), not a training run: pass the run's "
+                                    f"directory; predict.py and evaluate.py read an export as --saved_model {model_dir}")
         raise FileNotFoundError(f"{path} not found: --model_dir must be a directory written by scripts/train.py.")
     with tf.io.gfile.GFile(path) as f:
         text = f.read()

@@ -371,6 +371,9 @@ def prediction_log(model_name, signature_name, inputs):
 def check_saved_model(path):
     """FileNotFoundError naming the fix unless `path` is a SavedModel folder."""
     if not tf.saved_model.contains_saved_model(path):
+        if tf.io.gfile.exists(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"{path} is a training run, not a SavedModel: give it as --model_dir {path}, or "
+                                    f"export it first with scripts/export.py --model_dir {path}")
         versions = [v for v in existing_versions(path) if tf.saved_model.contains_saved_model(os.path.join(path, str(v)))]
         if not versions:
             hint = "saved_models/alexnet/1."

@@ -157,6 +157,15 @@ def test_export_script_versions_and_errors(run):
         export.check_saved_model(run["base"])
     assert str(base_given.value) == (f"{run['base']} is not a SavedModel folder: pass a version folder such as "
                                      f"{run['base']}/1 (its only version).")
+    model_dir = os.path.join(os.path.dirname(os.path.dirname(run["base"])), "model_dir")  # a run where an export belongs
+    with pytest.raises(FileNotFoundError) as run_given:
+        export.check_saved_model(model_dir)
+    assert str(run_given.value) == (f"{model_dir} is a training run, not a SavedModel: give it as --model_dir {model_dir}, "
+                                    f"or export it first with scripts/export.py --model_dir {model_dir}")
+    with pytest.raises(FileNotFoundError) as export_given:  # and the other way round
+        checkpoints.read_config(run["export"])
+    assert str(export_given.value) == (f"{run['export']} is a SavedModel (an export), not a training run: pass the run's "
+                                       f"directory; predict.py and evaluate.py read an export as --saved_model {run['export']}")
 
 
 def test_export_script_warns_about_a_run_that_ended_at_chance_and_exports_where_the_run_does(tmp_path):
