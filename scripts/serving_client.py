@@ -33,6 +33,8 @@ def define_flags():
 FLAGS = flags.FLAGS
 
 IMAGE_BYTES_INPUT = "image_bytes"
+# What a refused connection most often means, and where the command that starts it is.
+NOT_RUNNING = "is TF Serving running there? docs/serving.md starts it"
 
 
 class ServingError(RuntimeError):
@@ -85,7 +87,7 @@ def rest_predict(url, body, timeout=30.0):
                                "(check --model, --version and --server)", server_wide=True) from None
         raise ServingError(f"HTTP {error.code}: {first_line(detail)}") from None
     except urllib.error.URLError as error:
-        raise ServingError(f"cannot reach {url}: {error.reason}", server_wide=True) from None
+        raise ServingError(f"cannot reach {url}: {error.reason}: {NOT_RUNNING}", server_wide=True) from None
 
 
 def grpc_request(images, model, version=None, signature="serving_default"):
@@ -114,7 +116,8 @@ def grpc_predict(target, request, timeout=30.0):
             response = stub.Predict(request, timeout=timeout)
         except grpc.RpcError as error:
             server_wide = error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED)
-            raise ServingError(f"{error.code().name}: {first_line(error.details())}", server_wide) from None
+            fix = f": {NOT_RUNNING}" if error.code() == grpc.StatusCode.UNAVAILABLE else ""
+            raise ServingError(f"{error.code().name}: {first_line(error.details())}{fix}", server_wide) from None
     outputs = {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
     count = len(next(iter(outputs.values())))
     rows = []

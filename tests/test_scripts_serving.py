@@ -447,8 +447,9 @@ def test_rest_client_stops_at_an_answer_that_every_image_would_get(run):
 
 def test_rest_client_reports_unreachable_server():
     client = load_client()
-    with pytest.raises(client.ServingError, match="cannot reach"):
+    with pytest.raises(client.ServingError, match="cannot reach") as refused:
         client.rest_predict("http://127.0.0.1:9/v1/models/alexnet:predict", {"instances": []}, timeout=5)
+    assert str(refused.value).endswith(": is TF Serving running there? docs/serving.md starts it")  # the likely fix
 
 
 def test_rest_client_refuses_a_server_that_is_not_a_url(tmp_path):
