@@ -323,7 +323,13 @@ def test_tfrecord_pattern_with_split_and_label_offset_zero(tmp_path):
     spec = f"tfrecord:{tmp_path}/{{split}}-*?label_offset=0&num_classes=3"
     ids, labels = _collect(data.make_dataset(spec, "validation", image_size=67, batch_size=6, training=False))
     assert labels == [k % 3 for k in ids]
-    assert data.dataset_info(f"tfrecord:{tmp_path}").class_names[:2] == ["n01440764", "n01443537"]
+    imagenet = data.dataset_info(f"tfrecord:{tmp_path}")
+    assert imagenet.class_names[:2] == ["n01440764", "n01443537"]
+    # Read as ImageNet's without being told (a 3-class set trained a 1000-way net without a word): said.
+    assert imagenet.notes == [f"{tmp_path} has no manifest.json (scripts/prepare_data.py writes one): reading it as "
+                              "ImageNet's TFRecords, 1000 classes with labels 1..1000; for other data give "
+                              f"tfrecord:{tmp_path}?num_classes=N&label_offset=0 (or 1 for labels from 1)"]
+    assert data.dataset_info(f"{spec}").notes == []  # told: nothing to say
 
 
 def test_tfrecord_out_of_range_labels_are_skipped_and_counted(tmp_path):

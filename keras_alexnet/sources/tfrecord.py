@@ -37,7 +37,12 @@ class TFRecord:
                       for split in SPLITS if split in manifest["splits"]}
             return DatasetInfo(self.spec, self.num_classes, list(manifest["class_names"]), counts, self.mean_rgb)
         counts = {split: _count(config, split) for split in SPLITS if tfrecord_files(config, split, check=False)}
-        return DatasetInfo(self.spec, self.num_classes, _class_names(self.num_classes), counts)
+        notes = []
+        if "num_classes" not in config["given"]:  # a 5-class set read this way trained a 1000-way classifier without a word
+            notes.append(f"{config['pattern']} has no manifest.json (scripts/prepare_data.py writes one): reading it as "
+                         "ImageNet's TFRecords, 1000 classes with labels 1..1000; for other data give "
+                         f"tfrecord:{config['pattern']}?num_classes=N&label_offset=0 (or 1 for labels from 1)")
+        return DatasetInfo(self.spec, self.num_classes, _class_names(self.num_classes), counts, notes=notes)
 
     def records(self, split, training, input_context, seed, shuffle_buffer):
         files = tfrecord_files(self.config, split)
@@ -67,7 +72,8 @@ class TFRecord:
 
 
 def tfrecord_config(spec):
-    """{pattern, label_offset, num_classes, manifest, mean_rgb} of a tfrecord: dataset string."""
+    """{pattern, label_offset, num_classes, manifest, mean_rgb, given} of a tfrecord: dataset string
+    (`given`: the options the string set)."""
     pattern, _, options = spec[len("tfrecord:"):].partition("?")
     pattern = os.path.expanduser(pattern)
     mean = re.search(r"(^|[&,])mean=([^&,]*)", options)
@@ -78,7 +84,8 @@ def tfrecord_config(spec):
     config = {"pattern": pattern, "label_offset": 1, "num_classes": 1000, "manifest": manifest, "mean_rgb": None}
     if manifest:
         config.update(label_offset=manifest["label_offset"], num_classes=manifest["num_classes"])
-    config.update(parse_options(options, spec, ("label_offset", "num_classes")))
+    given = parse_options(options, spec, ("label_offset", "num_classes"))
+    config.update(given, given=sorted(given))
     if mean:
         if not manifest or "mean_rgb" not in manifest:
             raise UsageError(f"{spec!r}: mean=channel needs the manifest.json with the training mean that "
