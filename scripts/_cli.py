@@ -59,9 +59,10 @@ def require_model_source(model_dir, weights):
 
 def parse_flags(argv, flag_values=flags.FLAGS):
     """absl's parser, but a bad flag is one line on stderr and exit code 2. Returns the positional
-    arguments (argv[0] first)."""
+    arguments (argv[0] first). A value that starts with "~" is the user's home, as a shell would
+    have made it unquoted (quoted, `--model_dir "~/run"` made a folder named "~" in the current one)."""
     try:
-        return flag_values(argv)
+        positional = flag_values(argv)
     except flags.Error as error:
         missing = re.search(r"Flag --(\w+) must have a value other than None", str(error))
         if missing:  # absl's "flag --out=None: Flag --out must have a value other than None."
@@ -70,6 +71,13 @@ def parse_flags(argv, flag_values=flags.FLAGS):
             lower = not first_word[1:] or first_word[1:].islower()  # "A run's" -> "a run's"; "TFRecord" stays
             fail(f"--{name} is required: {text[:1].lower() + text[1:] if lower else text}")
         fail(f"{str(error).rstrip('.')}. See --helpfull.")
+    for name in flag_values:
+        flag = flag_values[name]
+        if isinstance(flag.value, str) and flag.value.startswith("~"):
+            flag.value = os.path.expanduser(flag.value)
+        elif isinstance(flag.value, list):
+            flag.value = [os.path.expanduser(v) if isinstance(v, str) and v.startswith("~") else v for v in flag.value]
+    return positional[:1] + [os.path.expanduser(a) if a.startswith("~") else a for a in positional[1:]]
 
 
 def is_usage_error(error):

@@ -71,6 +71,16 @@ def test_parse_flags_returns_positional_arguments(flag_values):
     assert flag_values.batch_size == 8
 
 
+def test_a_path_from_the_home_folder_is_expanded_as_a_shell_would(flag_values, monkeypatch, tmp_path):
+    # Quoted (a YAML file, a job spec), --model_dir "~/run" made a folder named "~" in the current one [seen].
+    monkeypatch.setenv("HOME", str(tmp_path))
+    flags.DEFINE_string("model_dir", None, "A run.", flag_values=flag_values)
+    flags.DEFINE_list("queries", [], "Images.", flag_values=flag_values)
+    positional = cli.parse_flags(["prog", "--model_dir=~/run", "--queries=~/a.jpg,b~.jpg", "~/c.jpg"], flag_values)
+    assert flag_values.model_dir == str(tmp_path / "run") and positional == ["prog", str(tmp_path / "c.jpg")]
+    assert flag_values.queries == [str(tmp_path / "a.jpg"), "b~.jpg"]
+
+
 @pytest.mark.parametrize(
     "argument,message",
     [
