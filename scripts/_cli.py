@@ -216,7 +216,7 @@ class ReaderSafeStdout:
 _STOP_SIGNALS = ("SIGTERM", "SIGHUP")
 
 
-_stopped_by = []  # the stop signal received, if one was
+_stopped_by = []  # the signal that stopped the script, if one did (SIGINT included)
 
 
 def _exit_on_signal(signum, frame):
@@ -226,16 +226,26 @@ def _exit_on_signal(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def _interrupt(signum, frame):
+    # Python's own Ctrl-C (KeyboardInterrupt), remembered: what it interrupts may raise another error.
+    _stopped_by.append(signum)
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def signals_unwind():
     """Inside the block SIGTERM and SIGHUP raise SystemExit(128 + the signal's number), so
-    cleanups run; scripts/train.py's loop installs its own handlers over these (a checkpoint
-    first). The handlers before are put back after; outside the main thread nothing changes."""
+    cleanups run, and Ctrl-C is remembered when it raises KeyboardInterrupt; scripts/train.py's
+    loop installs its own handlers over these (a checkpoint first). The handlers before are put
+    back after; outside the main thread nothing changes, nor does a SIGINT the shell ignores (a
+    background job's)."""
+    handlers = {name: _exit_on_signal for name in _STOP_SIGNALS if hasattr(signal, name)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        handlers["SIGINT"] = _interrupt
     previous = {}
     try:
-        for name in _STOP_SIGNALS:
-            if hasattr(signal, name):
-                previous[name] = signal.signal(getattr(signal, name), _exit_on_signal)
+        for name, handler in handlers.items():
+            previous[name] = signal.signal(getattr(signal, name), handler)
     except ValueError:  # not the main thread: signals stay as they are
         pass
     try:
@@ -243,6 +253,13 @@ def signals_unwind():
     finally:
         for name, handler in previous.items():
             signal.signal(getattr(signal, name), handler)
+
+
+def _stop(signum):
+    """The end of a script that a signal stopped, whatever was raised on the way out."""
+    if signum == signal.SIGINT:  # the others said so when they came
+        print("stopped by Ctrl-C.", file=sys.stderr, flush=True)
+    sys.exit(128 + signum)
 
 
 def stray_arguments_message(raw_argv, stray, flag_values=flags.FLAGS):
@@ -262,8 +279,10 @@ def stray_arguments_message(raw_argv, stray, flag_values=flags.FLAGS):
 def run(main, positional=False, argv=None, keras_backend="tensorflow"):
     """absl's `app.run(main)` with `parse_flags`; refuses positional arguments unless `positional`,
     and turns a usage error (`is_usage_error`) or a write that found no space (`no_space_message`)
-    raised by `main` into one line and exit code 2, and so is remote storage that could not be
-    reached (`unreachable_storage_message`). Keras gets `keras_backend` (`use_keras_backend`;
+    raised by `main` into one line and exit code 2, and so are remote storage that could not be
+    reached (`unreachable_storage_message`) and memory that ran out (`out_of_memory_message`).
+    SIGTERM, SIGHUP and Ctrl-C unwind `main`, so its cleanups run (`signals_unwind`), and end it with
+    one line and exit code 128 + the signal's number. Keras gets `keras_backend` (`use_keras_backend`;
     None: leave it to the script). While `main` runs, stdout outlives its reader (`ReaderSafeStdout`).
 
     `main(argv)` may return an exit code or call `sys.exit` itself; other exit codes and other
@@ -283,9 +302,11 @@ def run(main, positional=False, argv=None, keras_backend="tensorflow"):
             logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
+        except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves a checkpoint first)
+            _stop(signal.SIGINT)
         except Exception as error:
             if _stopped_by:  # raised on the way out by what the signal interrupted (TensorFlow tracing a function, say)
-                sys.exit(128 + _stopped_by[0])
+                _stop(_stopped_by[0])
             if is_usage_error(error):
                 fail(error)
             message = no_space_message(error) or unreachable_storage_message(error) or out_of_memory_message(error)
