@@ -34,6 +34,7 @@ import json
 import os
 import random
 import re
+import signal
 import tarfile
 import tempfile
 import threading
@@ -462,6 +463,21 @@ def _init_worker(value):
     _WORKER_COUNTER = _Counter(value)
 
 
+def _pool_without_ctrl_c(context, num_processes, counter):
+    """A pool whose workers ignore SIGINT from their start. Ctrl-C reaches every process of the
+    terminal's group: the parent answers it (its `with` terminates the pool), and a worker that
+    took it too printed "Process SpawnPoolWorker-1:" and a traceback. An ignored signal stays
+    ignored through the workers' exec, so the parent ignores it while it starts them."""
+    try:
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing to change
+        return context.Pool(num_processes, initializer=_init_worker, initargs=(counter.value,))
+    try:
+        return context.Pool(num_processes, initializer=_init_worker, initargs=(counter.value,))
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
 def _run_task(task):
     return write_shard(task, _WORKER_COUNTER.add)
 
@@ -537,7 +553,7 @@ def prepare(plan, output_dir, *, num_shards=None, resize_mode="paper", size=SIZE
         reporter.start()
     try:
         if num_processes > 1:
-            with context.Pool(num_processes, initializer=_init_worker, initargs=(counter.value,)) as pool:
+            with _pool_without_ctrl_c(context, num_processes, counter) as pool:
                 records = list(pool.imap_unordered(_run_task, tasks))
         else:
             records = [write_shard(task, counter.add) for task in tasks]

@@ -300,6 +300,23 @@ def test_sigkill_then_the_same_command_resumes_and_keeps_finished_shards(tmp_pat
     assert sorted(r[:2] for r in _records(tf.io.gfile.glob(f"{out}/train-*"))) == sorted(expected["train"])
 
 
+def test_ctrl_c_on_a_pool_is_one_line_from_the_parent_alone(tmp_path):
+    # A terminal's Ctrl-C reaches the whole process group: each pool worker printed
+    # "Process SpawnPoolWorker-1:" (and its traceback) beside the parent's own answer [seen].
+    source, out = str(tmp_path / "photos"), str(tmp_path / "records")
+    _make_folder(source, {"train": 10, "val": 1})
+    process = _script(f"--input_dir={source}", f"--output_dir={out}", "--train_shards=30", "--validation_shards=3",
+                      "--num_processes=2", start_new_session=True)
+    deadline = time.time() + 120
+    while not (os.path.isdir(out) and any(".tmp-" in n or n.startswith("train-") for n in os.listdir(out))) \
+            and time.time() < deadline:
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and stderr.strip().splitlines()[-1] == "stopped by Ctrl-C.", stderr[-3000:]
+    assert "Process SpawnPoolWorker" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+
+
 def test_shards_default_to_one_per_256_images_up_to_imagenets_split():
     # A folder of 1,000 photos was written as 1,000 one-image shards (and as many state files).
     assert prepare.default_shards("train", 1000) == 4 and prepare.default_shards("validation", 250) == 1
