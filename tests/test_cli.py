@@ -325,6 +325,8 @@ def test_a_stop_signal_unwinds_main_so_its_cleanups_run(tmp_path, name, cleanup_
     # nearest_neighbors.py its temporary activations (20 GB on ImageNet) [seen with SIGTERM].
     # In a process of its own: without the handler the signal would end the test run.
     code = ("import os, signal, sys, time, _cli\n"
+            # As in a terminal: a job started in the background by a script inherits SIGINT ignored [seen in CI].
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "def main(argv):\n"
             "    try:\n"
             f"        os.kill(os.getpid(), signal.{name})\n"
@@ -343,6 +345,19 @@ def test_a_stop_signal_unwinds_main_so_its_cleanups_run(tmp_path, name, cleanup_
     # Ctrl-C was a KeyboardInterrupt traceback (exit 130 from the interpreter) [seen]: now one line too.
     assert (tmp_path / "cleaned").exists() and done.stderr == f"stopped by {'Ctrl-C' if name == 'SIGINT' else name}.\n"
     assert done.stdout == "restored\n"  # the caller's handlers are back
+
+
+def test_a_ctrl_c_the_shell_ignores_stays_ignored():
+    # A script's background job (`cmd &` in a script) starts with SIGINT ignored: so it stays.
+    code = ("import os, signal, time, _cli\n"
+            "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+            "def main(argv):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    time.sleep(0.2)\n"
+            "    print('finished')\n"
+            "_cli.run(main, argv=['prog'], keras_backend=None)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=SCRIPTS, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "finished\n" and done.stderr == "", done.stderr
 
 
 class _PipeWithoutReader(io.StringIO):
