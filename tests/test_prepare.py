@@ -305,8 +305,10 @@ def test_ctrl_c_on_a_pool_is_one_line_from_the_parent_alone(tmp_path):
     # "Process SpawnPoolWorker-1:" (and its traceback) beside the parent's own answer [seen].
     source, out = str(tmp_path / "photos"), str(tmp_path / "records")
     _make_folder(source, {"train": 10, "val": 1})
+    # A terminal's Ctrl-C handling: started by a script in the background (as CI runs), SIGINT comes ignored.
     process = _script(f"--input_dir={source}", f"--output_dir={out}", "--train_shards=30", "--validation_shards=3",
-                      "--num_processes=2", start_new_session=True)
+                      "--num_processes=2", start_new_session=True,
+                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (os.path.isdir(out) and any(".tmp-" in n or n.startswith("train-") for n in os.listdir(out))) \
             and time.time() < deadline:
