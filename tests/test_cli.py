@@ -140,6 +140,27 @@ def test_a_value_after_a_true_false_flag_is_explained(flag_values):
         "unexpected arguments ['x.jpg']: flags are --name=value.")
 
 
+class _TensorFlowError(Exception):
+    """Stands in for tensorflow.errors.FailedPreconditionError (this file imports no TensorFlow)."""
+
+
+_TensorFlowError.__module__ = "tensorflow.python.framework.errors_impl"
+
+
+class ResourceExhaustedError(_TensorFlowError):
+    """Stands in for tensorflow.errors.ResourceExhaustedError."""
+
+
+# What TensorFlow raised from the first file call on gs:// without a network (seen), a traceback before.
+UNREACHABLE = _TensorFlowError("Error executing an HTTP request: libcurl code 6 meaning 'Could not resolve hostname', "
+                               "error details: Could not resolve host: www.googleapis.com\n\t when reading metadata of "
+                               "gs://bucket/run/checkpoints/checkpoint")
+# What a batch too large for a GPU raises (TensorFlow's message), a traceback through the training loop before.
+OUT_OF_MEMORY = ResourceExhaustedError("{{function_node __inference_train_loop_812}} OOM when allocating tensor with "
+                                       "shape[1024,96,55,55] and type float on /job:localhost/replica:0/task:0/device:GPU:0 "
+                                       "by allocator GPU_0_bfc\n\t [[{{node conv1/Relu}}]]\nHint: If you want to see ...")
+
+
 @pytest.mark.parametrize(
     "error,line",
     [
@@ -150,6 +171,14 @@ def test_a_value_after_a_true_false_flag_is_explained(flag_values):
          "error: No space left on device writing /out/sets/a.jpg: free disk space or write somewhere else, then rerun.\n"),
         (RuntimeError("/out/1/variables.data; Disk quota exceeded [Op:SaveV2]"),
          "error: Disk quota exceeded: free disk space or write somewhere else, then rerun.\n"),
+        (UNREACHABLE,
+         "error: could not reach gs://bucket/run/checkpoints/checkpoint (Could not resolve host: www.googleapis.com): "
+         "check the network and the storage's credentials (for gs://: gcloud auth application-default login, or "
+         "GOOGLE_APPLICATION_CREDENTIALS), or use a local folder.\n"),
+        (OUT_OF_MEMORY,
+         "error: out of memory (OOM when allocating tensor with shape[1024,96,55,55] and type float on "
+         "/job:localhost/replica:0/task:0/device:GPU:0 by allocator GPU_0_bfc): lower --batch_size (or --image_size), "
+         "or run where there is more memory; files already written are kept.\n"),
     ],
 )
 def test_run_turns_usage_errors_into_one_line_and_exit_2(capsys, error, line):
@@ -266,53 +295,18 @@ def test_the_scripts_use_keras_tensorflow_backend_and_say_so_when_another_was_ch
     assert err.startswith(note.format(home=tmp_path)) if note else err == ""
 
 
-class _TensorFlowError(Exception):
-    """Stands in for tensorflow.errors.FailedPreconditionError (this file imports no TensorFlow)."""
-
-
-_TensorFlowError.__module__ = "tensorflow.python.framework.errors_impl"
-
-
-def test_remote_storage_that_cannot_be_reached_is_one_line():
-    # What TensorFlow raised from the first file call on gs:// without a network (seen), a traceback before.
-    error = _TensorFlowError("Error executing an HTTP request: libcurl code 6 meaning 'Could not resolve hostname', error "
-                             "details: Could not resolve host: www.googleapis.com\n\t when reading metadata of "
-                             "gs://bucket/run/checkpoints/checkpoint")
-    assert cli.unreachable_storage_message(error) == (
-        "could not reach gs://bucket/run/checkpoints/checkpoint (Could not resolve host: www.googleapis.com): check the "
-        "network and the storage's credentials (for gs://: gcloud auth application-default login, or "
-        "GOOGLE_APPLICATION_CREDENTIALS), or use a local folder.")
-    assert cli.unreachable_storage_message(RuntimeError(str(error))) is None  # not TensorFlow's: not ours to explain
+def test_only_tensorflow_errors_that_could_not_reach_storage_are_explained_as_such():
+    assert cli.unreachable_storage_message(UNREACHABLE).startswith("could not reach gs://bucket/run/checkpoints/checkpoint")
+    assert cli.unreachable_storage_message(RuntimeError(str(UNREACHABLE))) is None  # not TensorFlow's: not ours to explain
     assert cli.unreachable_storage_message(_TensorFlowError("Input to reshape is a tensor with 3 values")) is None
 
-    def main(argv):
-        raise error
 
-    assert run(main, ["prog"]) == 2
-
-
-class ResourceExhaustedError(_TensorFlowError):
-    """Stands in for tensorflow.errors.ResourceExhaustedError."""
-
-
-def test_memory_that_ran_out_is_one_line():
-    # What a batch too large for a GPU raises (TensorFlow's message), a traceback through the training loop before.
-    error = ResourceExhaustedError("{{function_node __inference_train_loop_812}} OOM when allocating tensor with "
-                                   "shape[1024,96,55,55] and type float on /job:localhost/replica:0/task:0/device:GPU:0 "
-                                   "by allocator GPU_0_bfc\n\t [[{{node conv1/Relu}}]]\nHint: If you want to see ...")
-    assert cli.out_of_memory_message(error) == (
-        "out of memory (OOM when allocating tensor with shape[1024,96,55,55] and type float on /job:localhost/replica:0/"
-        "task:0/device:GPU:0 by allocator GPU_0_bfc): lower --batch_size (or --image_size), or run where there is more "
-        "memory; files already written are kept.")
+def test_only_allocations_that_failed_are_explained_as_memory():
+    assert cli.out_of_memory_message(OUT_OF_MEMORY).startswith("out of memory (OOM when allocating tensor with")
     host = MemoryError("Unable to allocate 230. GiB for an array with shape (200000, 227, 227, 3) and data type int64")
     assert cli.out_of_memory_message(host).startswith("out of memory (Unable to allocate 230. GiB for an array")
     assert cli.out_of_memory_message(ResourceExhaustedError("quota exceeded for bucket")) is None  # not memory
     assert cli.out_of_memory_message(RuntimeError("OOM when allocating")) is None
-
-    def main(argv):
-        raise error
-
-    assert run(main, ["prog"]) == 2
 
 
 FAILING_CLEANUP = "raise AssertionError('Nesting violated for default stack')"
