@@ -468,14 +468,16 @@ def _pool_without_ctrl_c(context, num_processes, counter):
     terminal's group: the parent answers it (its `with` terminates the pool), and a worker that
     took it too printed "Process SpawnPoolWorker-1:" and a traceback. An ignored signal stays
     ignored through the workers' exec, so the parent ignores it while it starts them."""
+    previous = None  # SIGINT's handler is always Python's to report, so None means "not changed"
     try:
-        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread: nothing to change
-        return context.Pool(num_processes, initializer=_init_worker, initargs=(counter.value,))
+        pass
     try:
         return context.Pool(num_processes, initializer=_init_worker, initargs=(counter.value,))
     finally:
-        signal.signal(signal.SIGINT, handler)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _run_task(task):
