@@ -240,10 +240,26 @@ def default_xla(kind, image_size, features=None, precision="float32"):
     return "avx512f" not in features or image_size < XLA_OFF_FROM_SIZE_ON_AVX512
 
 
+def onednn_settings(environ=None):
+    """The environment variables, as set, that change what TensorFlow's oneDNN kernels compute on
+    a CPU, each as a few words for a benchmark's header ([] when none is set). TensorFlow reads
+    both once per process: TF_ENABLE_ONEDNN_OPTS=0 turns oneDNN off; TF_SET_ONEDNN_FPMATH_MODE=BF16
+    (that spelling only) lets it multiply float32 in bfloat16, which its convolutions do on AMX
+    CPUs alone (docs/performance.md)."""
+    environ = os.environ if environ is None else environ
+    settings = []
+    if environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false"):
+        settings.append("oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)")
+    if environ.get("TF_SET_ONEDNN_FPMATH_MODE") == "BF16":
+        settings.append("float32 math in bfloat16 where oneDNN has it (TF_SET_ONEDNN_FPMATH_MODE=BF16)")
+    return settings
+
+
 def machine_description():
-    """One line naming what a benchmark ran on: the CPU and its relevant features, and the GPUs
-    (name, compute capability) or TPUs TensorFlow sees."""
-    parts = [f"CPU {cpu_description()}, {os.cpu_count()} cores"]
+    """One line naming what a benchmark ran on: the CPU and its relevant features, the oneDNN
+    settings that change its results, and the GPUs (name, compute capability) or TPUs TensorFlow
+    sees."""
+    parts = [f"CPU {cpu_description()}, {os.cpu_count()} cores", *onednn_settings()]
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:
         details = tf.config.experimental.get_device_details(gpu)

@@ -116,6 +116,24 @@ def test_this_machine_is_described_with_its_core_count():
     assert f"{os.cpu_count()} cores" in distribute.machine_description()
 
 
+@pytest.mark.parametrize("environ, expected", [
+    ({}, []),
+    ({"TF_ENABLE_ONEDNN_OPTS": "1", "TF_SET_ONEDNN_FPMATH_MODE": ""}, []),
+    ({"TF_SET_ONEDNN_FPMATH_MODE": "bf16"}, []),  # TensorFlow compares with "BF16" exactly
+    ({"TF_ENABLE_ONEDNN_OPTS": "False"}, ["oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)"]),
+    ({"TF_ENABLE_ONEDNN_OPTS": "0", "TF_SET_ONEDNN_FPMATH_MODE": "BF16"},
+     ["oneDNN off (TF_ENABLE_ONEDNN_OPTS=0)",
+      "float32 math in bfloat16 where oneDNN has it (TF_SET_ONEDNN_FPMATH_MODE=BF16)"]),
+])
+def test_the_onednn_settings_that_change_results_are_named(environ, expected):
+    assert distribute.onednn_settings(environ) == expected
+
+
+def test_a_benchmark_header_names_bfloat16_math_for_float32(monkeypatch):
+    monkeypatch.setenv("TF_SET_ONEDNN_FPMATH_MODE", "BF16")
+    assert "(TF_SET_ONEDNN_FPMATH_MODE=BF16)" in distribute.machine_description()
+
+
 def test_resolve_turns_xla_off_for_bfloat16_on_a_cpu():
     from keras_alexnet import recipes
     from keras_alexnet.run_config import TrainConfig, resolve
