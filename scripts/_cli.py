@@ -264,7 +264,9 @@ def _stop(signum):
 
 def stray_arguments_message(raw_argv, stray, flag_values=flags.FLAGS):
     """Why arguments were left over: a value given to a true/false flag after a space (`--xla
-    false`: absl takes `--xla` as true and leaves `false`), or arguments where flags were meant."""
+    false`: absl takes `--xla` as true and leaves `false`), several values given to a list flag
+    (`--queries photos/*.jpg`: the shell makes each file an argument of its own, absl takes the
+    first), or arguments where flags were meant."""
     for index, token in enumerate(raw_argv[1:], start=1):
         if token != stray[0] or index < 2:
             continue
@@ -273,7 +275,29 @@ def stray_arguments_message(raw_argv, stray, flag_values=flags.FLAGS):
                 and flag_values[name].boolean:
             return (f"--{name} {token}: a true/false flag takes its value after '=': --{name}={token} "
                     f"(or --{name} for true, --no{name} for false).")
+        list_flag = _list_flag_before(raw_argv[:index], flag_values)
+        if list_flag:
+            name, first = list_flag
+            values = [first] + stray
+            shown = ",".join(values[:3]) + (",..." if len(values) > 3 else "")
+            return (f"--{name} takes its values as one comma-separated argument: --{name}={shown} "
+                    f"({len(values)} values came as separate arguments, e.g. from a shell wildcard).")
     return f"unexpected arguments {stray}: flags are --name=value."
+
+
+def _list_flag_before(head, flag_values):
+    """(name, value) when `head` ends with a list flag and its value (`--name=value` or `--name
+    value`), else None."""
+    last = head[-1]
+    if last.startswith("-") and "=" in last:
+        name, value = last.lstrip("-").split("=", 1)
+    elif len(head) >= 3 and head[-2].startswith("-") and "=" not in head[-2]:
+        name, value = head[-2].lstrip("-"), last
+    else:
+        return None
+    if name in flag_values and isinstance(flag_values[name].parser, flags.ListParser):
+        return name, value
+    return None
 
 
 def run(main, positional=False, argv=None, keras_backend="tensorflow"):

@@ -140,6 +140,24 @@ def test_a_value_after_a_true_false_flag_is_explained(flag_values):
         "unexpected arguments ['x.jpg']: flags are --name=value.")
 
 
+@pytest.mark.parametrize("argv, stray, expected", [
+    # `--queries photos/*.jpg`: the shell gives each file as an argument; absl took the first only.
+    (["nearest_neighbors.py", "--queries", "a.jpg", "b.jpg", "--k=3"], ["b.jpg"],
+     "--queries takes its values as one comma-separated argument: --queries=a.jpg,b.jpg "
+     "(2 values came as separate arguments, e.g. from a shell wildcard)."),
+    (["learning_check.py", "--seeds=0", "1", "2", "3"], ["1", "2", "3"],
+     "--seeds takes its values as one comma-separated argument: --seeds=0,1,2,... "
+     "(4 values came as separate arguments, e.g. from a shell wildcard)."),
+    # After a flag that takes one value the left-over argument is only a stray.
+    (["nearest_neighbors.py", "--out", "a.png", "b.png"], ["b.png"], "unexpected arguments ['b.png']: flags are --name=value."),
+])
+def test_values_given_to_a_list_flag_as_separate_arguments_are_explained(flag_values, argv, stray, expected):
+    flags.DEFINE_list("queries", [], "Query images.", flag_values=flag_values)
+    flags.DEFINE_list("seeds", ["0"], "Seeds.", flag_values=flag_values)
+    flags.DEFINE_string("out", "fig.png", "Figure.", flag_values=flag_values)
+    assert cli.stray_arguments_message(argv, stray, flag_values) == expected
+
+
 class _TensorFlowError(Exception):
     """Stands in for tensorflow.errors.FailedPreconditionError (this file imports no TensorFlow)."""
 
