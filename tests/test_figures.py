@@ -223,6 +223,23 @@ def test_scripts_end_to_end(tmp_path):
     assert png_size(str(tmp_path / "conv1.png"))[0] > 600
 
 
+def test_nearest_neighbors_script_end_to_end(tmp_path, model):
+    """The script as a user runs it: a model file, a dataset, query images of one's own."""
+    saved = str(tmp_path / "model.keras")
+    model.save(saved)
+    queries = []
+    for index, colour in enumerate(((200, 30, 30), (30, 30, 200))):
+        queries.append(str(tmp_path / f"query{index}.jpg"))
+        Image.new("RGB", (80, 60), colour).save(queries[-1])
+    features = tmp_path / "features"
+    done = run_script("nearest_neighbors.py", f"--weights={saved}", f"--dataset={SHAPES}", f"--queries={','.join(queries)}",
+                      "--k=3", f"--features_dir={features}", f"--out={tmp_path / 'fig4.png'}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == f"wrote {tmp_path / 'fig4.png'}: 2 queries, 3 neighbours each"
+    assert png_size(str(tmp_path / "fig4.png"))[0] > 400
+    assert os.path.getsize(features / "features.f32") == 40 * 4096 * 4  # every training image's fc7, kept
+
+
 def test_script_errors_are_one_line(tmp_path):
     done = run_script("plot_history.py", str(tmp_path / "missing"))
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error:")
