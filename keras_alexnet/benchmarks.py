@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from keras_alexnet import augment, data, distribute, export, recipes, run_config, training
+from keras_alexnet import augment, data, distribute, export, logs, recipes, run_config, training
 from keras_alexnet.errors import UsageError
 from keras_alexnet.layers import TwoColumnConv2D
 from keras_alexnet.model import build, layer_flops, model_flops
@@ -507,6 +507,13 @@ def layer_profile(*, variant="paper", image_size=227, batch_size=64, xla=False, 
     """
     keras.utils.set_random_seed(seed)
     model = build(input_shape=(image_size, image_size, 3), variant=variant, seed=seed)
+    # A tf.function a layer is the point here, and TensorFlow warns about retracing at the sixth.
+    with logs.tensorflow_warnings_off():
+        return _layer_rows(model, batch_size, xla, repeats, backward, grouped_reference)
+
+
+def _layer_rows(model, batch_size, xla, repeats, backward, grouped_reference):
+    """layer_profile's rows (see there)."""
     rows = []
 
     def timed(name, layer, input_shape, flops, input_gradient):

@@ -31,6 +31,7 @@ import time
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
+from keras_alexnet import logs
 from keras_alexnet.errors import UsageError, first_line
 from keras_alexnet.model import build
 
@@ -284,9 +285,7 @@ def _restore_given(config, prefix):
     model = build_from_config(config)
     # A failed restore's bookkeeping logs a warning for every value it did not use when it is
     # collected (25 lines for a checkpoint of another class count): the error line says it all.
-    logger, level = tf.get_logger(), tf.get_logger().level
-    logger.setLevel("ERROR")
-    try:
+    with logs.tensorflow_warnings_off():
         try:
             tf.train.Checkpoint(model=model).restore(prefix).expect_partial().assert_existing_objects_matched()
             return model
@@ -295,8 +294,6 @@ def _restore_given(config, prefix):
         # Outside the except clause: its traceback would keep the failed restore alive.
         del model
         gc.collect()
-    finally:
-        logger.setLevel(level)
     raise FileNotFoundError(f"--checkpoint={prefix} cannot be read into this run's model ({reason}).")
 
 

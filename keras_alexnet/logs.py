@@ -1,11 +1,25 @@
 """What a training run shows and keeps: a progress line, history.jsonl and TensorBoard scalars."""
 
+import contextlib
 import json
 import sys
 
 import tensorflow as tf
 
 from keras_alexnet.errors import first_line
+
+
+@contextlib.contextmanager
+def tensorflow_warnings_off():
+    """TensorFlow's Python logger at ERROR inside the block, then back at its level: for work whose
+    TensorFlow warnings are expected and tell the user nothing."""
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class Progress:

@@ -4,6 +4,7 @@ plumbing and that every figure is positive and finite, never the speed)."""
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -177,6 +178,26 @@ def test_script_infer_json_prints_one_object_per_run_and_engine():
         assert line["machine"].startswith("CPU ") and line["machine"] == lines[0]["machine"]  # names the machine
         for key in ("images_per_sec", "ceiling_fraction", "ms_per_step", "latency_ms"):
             assert math.isfinite(line[key]) and line[key] > 0
+
+
+def test_script_prints_train_infer_and_per_layer_as_tables():
+    """The output people read (the tests above check --json's figures)."""
+    tiny = ("--image_size=67", "--batch_size=2", "--num_batches=1", "--runs=1", "--matmul_size=128")
+    result = _script("train", *tiny)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("machine: CPU ") and lines[1].startswith("train: paper AlexNet, S=67, batch 2, float32")
+    assert re.match(r"  train step +[\d.]+ \[[\d.]+-[\d.]+\] images/s", lines[2]) and "ceiling fraction" in lines[3]
+    result = _script("infer", *tiny, "--latency_calls=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    engines = [line.split()[0] for line in result.stdout.splitlines() if re.match(r"  \w", line)]
+    assert engines == ["keras", "saved_model"] and result.stdout.count("batch-1 latency") == 2
+    result = _script("train", "--per_layer", "--image_size=67", "--batch_size=2", "--runs=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split()[0] for line in result.stdout.splitlines()[3:-1]]
+    assert rows[:3] == ["conv1", "lrn1", "pool1"] and rows[-1] == "model" and "conv2 as Conv2D(groups=2)" in result.stdout
+    # A tf.function per layer made TensorFlow warn twice about retracing, 600 characters each.
+    assert "retracing" not in result.stderr, result.stderr
 
 
 def test_script_compare_times_the_default_and_each_setting():
