@@ -82,7 +82,7 @@ class BadImageLog:
         if first:
             logging.warning(
                 "skipped an image that could not be read or decoded (truncated, empty, not an image, "
-                "or a bad label): %s. Further ones are skipped and counted: keras_alexnet.data.BAD_IMAGES.summary()",
+                "or a bad label): %s. Further ones are skipped too and counted (keras_alexnet.data.BAD_IMAGES.summary())",
                 name,
             )
         return False
@@ -92,7 +92,17 @@ class BadImageLog:
         with self._lock:
             if not self.count:
                 return ""
-            return f"{len(self.names)} undecodable images skipped; first: {', '.join(self.first_names)}"
+            count = len(self.names)
+            return f"{count} undecodable image{'s' if count > 1 else ''} skipped; first: {', '.join(self.first_names)}"
+
+    def fix(self):
+        """What to do about the files skipped: convert or remove them (TIFF can go through
+        scripts/prepare_data.py, which reads it)."""
+        fix = f"convert or remove them ({image_folder.DECODED_FORMATS})"
+        with self._lock:
+            if any(name.lower().endswith(image_folder.CONVERTIBLE_EXTENSIONS) for name in self.names):
+                fix += "; TIFF files can also be written as TFRecords by scripts/prepare_data.py, which reads them"
+        return fix
 
     def reset(self):
         with self._lock:

@@ -25,7 +25,7 @@ import tensorflow as tf
 # Private: the registry tf.custom_gradient adds to (see forgetting_traced_gradients).
 from tensorflow.python.framework.ops import _gradient_registry as _GRADIENT_REGISTRY
 
-from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, finetune, image_folder, optimization, run_config, run_lease
+from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, finetune, optimization, run_config, run_lease
 from keras_alexnet.errors import UsageError, first_line, require_tensorflow_backend
 from keras_alexnet.logs import Progress, ProfileWindow, RunLog
 from keras_alexnet.model import min_input_size
@@ -477,10 +477,7 @@ class _Run:
         counted = ""
         if expected and held_out_examples < expected:
             counted = f"; the held-out figures count {held_out_examples} of {expected} images"
-        fix = f"convert or remove them ({image_folder.DECODED_FORMATS})"
-        if any(name.lower().endswith(image_folder.CONVERTIBLE_EXTENSIONS) for name in data.BAD_IMAGES.names):
-            fix += "; TIFF files can also be written as TFRecords by scripts/prepare_data.py, which reads them"
-        self.say(f"warning: {data.BAD_IMAGES.summary()}{counted}: {fix}")
+        self.say(f"warning: {data.BAD_IMAGES.summary()}{counted}: {data.BAD_IMAGES.fix()}")
 
     def evaluate_restored(self):
         held_out = self.evaluate()

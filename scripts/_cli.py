@@ -15,6 +15,7 @@ imports it as `import _cli as cli` (Python puts the script's folder first on sys
 import contextlib
 import errno
 import json
+import logging as std_logging
 import os
 import re
 import signal
@@ -300,6 +301,14 @@ def _list_flag_before(head, flag_values):
     return None
 
 
+class PlainLogFormatter(std_logging.Formatter):
+    """Log lines as the scripts' own warnings read, `warning: message`, instead of absl's
+    `W1206 13:49:24.463258 139912443586240 data.py:83] message`; --verbosity brings absl's back."""
+
+    def format(self, record):
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
 def run(main, positional=False, argv=None, keras_backend="tensorflow"):
     """absl's `app.run(main)` with `parse_flags`; refuses positional arguments unless `positional`,
     and turns a usage error (`is_usage_error`) or a write that found no space (`no_space_message`)
@@ -324,6 +333,7 @@ def run(main, positional=False, argv=None, keras_backend="tensorflow"):
         # notes) by default: keep the terminal for progress and results. --verbosity=0 shows them.
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
+            logging.get_absl_handler().setFormatter(PlainLogFormatter())
         try:
             return main(argv)
         except KeyboardInterrupt:  # Ctrl-C outside the training loop (which saves a checkpoint first)

@@ -143,7 +143,9 @@ def run():
                                  expected_examples=expected)
     if expected is not None and expected != result["num_examples"]:
         # Undecodable images are skipped by the input pipeline: say so rather than hide it.
-        print(f"warning: evaluated {result['num_examples']} of the split's {expected} examples.", file=sys.stderr)
+        skipped = data.BAD_IMAGES.summary()
+        reason = f": {skipped}: {data.BAD_IMAGES.fix()}" if skipped else "."
+        print(f"warning: evaluated {result['num_examples']} of the split's {expected} examples{reason}", file=sys.stderr)
     result = {
         **result,
         "crops": crops,

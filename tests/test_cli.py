@@ -5,6 +5,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -138,6 +139,22 @@ def test_a_value_after_a_true_false_flag_is_explained(flag_values):
     # A value after a flag that is not true/false is absl's to take; what is left is a stray argument.
     assert cli.stray_arguments_message(["train.py", "--batch_size", "8", "x.jpg"], ["x.jpg"], flag_values) == (
         "unexpected arguments ['x.jpg']: flags are --name=value.")
+
+
+@pytest.mark.parametrize("verbosity, expected", [
+    ([], "warning: skipped a.jpg\n"),
+    # --verbosity asks for absl's own lines, with their prefix (W1206 13:49:24.463258 ... file:line]).
+    (["--verbosity=0"], re.compile(r"W\d{4} [\d:.]+ +\d+ <string>:\d+\] skipped a.jpg\n")),
+])
+def test_log_lines_read_as_the_scripts_own_warnings(verbosity, expected):
+    code = (f"import sys; sys.path.insert(0, {SCRIPTS!r}); import _cli; from absl import logging; "
+            "_cli.run(lambda argv: logging.warning('skipped %s', 'a.jpg'), argv=['prog', *sys.argv[1:]])")
+    done = subprocess.run([sys.executable, "-c", code, *verbosity], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    if isinstance(expected, str):
+        assert done.stderr == expected  # was absl's "W1206 13:49:24.463258 139912443586240 data.py:83] skipped ..."
+    else:
+        assert expected.fullmatch(done.stderr), done.stderr
 
 
 @pytest.mark.parametrize("argv, stray, expected", [

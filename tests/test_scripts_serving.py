@@ -323,12 +323,20 @@ def test_evaluate_script_matches_a_folder_of_some_classes_by_name(tmp_path):
             for i in range(count):
                 pixels = rng.integers(0, 256, size=(70, 80, 3), dtype=np.uint8)
                 (tmp_path / "photos" / split / name / f"{i}.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    broken = tmp_path / "photos" / "val" / "star" / "broken.jpg"  # skipped, and said so in the script's words
+    broken.write_bytes(b"not an image")
     spec = f"folder:{tmp_path / 'photos'}"
     result = run_script("evaluate.py", "--model_dir", tmp_path / "run", "--dataset", spec)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"note: --dataset={spec} has 2 of the model's {len(CLASSES)} classes; labels are matched" in result.stderr
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert printed["num_examples"] == 6 and printed["top1_accuracy"] == pytest.approx(4 / 6, abs=1e-12)
+    warnings = [line for line in result.stderr.splitlines() if "broken.jpg" in line]
+    assert len(warnings) == 2 and warnings[0].startswith(f"warning: skipped an image that could not be read or decoded "
+                                                         f"(truncated, empty, not an image, or a bad label): {broken}.")
+    assert warnings[1] == (f"warning: evaluated 6 of the split's 7 examples: 1 undecodable image skipped; first: {broken}: "
+                           "convert or remove them (JPEG, PNG, GIF, BMP or WebP)")
+    broken.unlink()
     # A class the model does not know is one line, before anything is evaluated.
     for split in ("train", "val"):
         (tmp_path / "photos" / split / "circle").rename(tmp_path / "photos" / split / "zebra")
