@@ -41,6 +41,7 @@ IMAGES_SIGNATURE = "predict_images"
 IMAGE_BYTES_INPUT = "image_bytes"
 IMAGES_INPUT = "images"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+STAGING_PREFIX = ".tmp-export-"  # an export's folder until it is complete (export_saved_model)
 
 
 class ServingModule(tf.Module):
@@ -213,7 +214,7 @@ def export_saved_model(model, export_base, *, class_names, image_size=None, vers
     if warmup_images is None:
         warmup_images = default_warmup_images()
 
-    staging = os.path.join(export_base, f".tmp-export-{uuid.uuid4().hex}")
+    staging = os.path.join(export_base, f"{STAGING_PREFIX}{uuid.uuid4().hex}")
     try:
         tf.io.gfile.makedirs(export_base)
         tf.saved_model.save(module, staging, signatures=module.signatures())
@@ -224,6 +225,41 @@ def export_saved_model(model, export_base, *, class_names, image_size=None, vers
     finally:
         if tf.io.gfile.exists(staging):
             tf.io.gfile.rmtree(staging)
+
+
+def leftover_exports(export_base, older_than=600.0, now=None):
+    """[(path, bytes)] of the staging folders in export_base of exports that never finished: a
+    process killed with SIGKILL (the kernel's out-of-memory killer, say) or a machine that lost
+    power leaves its folder behind, a whole SavedModel each. Only folders untouched for
+    `older_than` seconds count, so that an export being written now is not one of them."""
+    if not tf.io.gfile.isdir(export_base):
+        return []
+    now = time.time() if now is None else now
+    found = []
+    for name in sorted(tf.io.gfile.listdir(export_base)):
+        path = os.path.join(export_base, name.rstrip("/"))
+        if not name.startswith(STAGING_PREFIX) or not tf.io.gfile.isdir(path):
+            continue
+        try:
+            stats = [tf.io.gfile.stat(os.path.join(folder, file))
+                     for folder, _, names in tf.io.gfile.walk(path) for file in names]
+            newest = max([stat.mtime_nsec for stat in stats] + [tf.io.gfile.stat(path).mtime_nsec]) / 1e9
+        except tf.errors.NotFoundError:  # an export that just finished or failed, and removed it
+            continue
+        if now - newest >= older_than:
+            found.append((path, sum(stat.length for stat in stats)))
+    return found
+
+
+def leftover_note(export_base, **kwargs):
+    """One line about `leftover_exports` and how to free their space ('' when there are none)."""
+    found = leftover_exports(export_base, **kwargs)
+    if not found:
+        return ""
+    size = sum(length for _, length in found) / 1e6
+    return (f"note: {export_base} holds {len(found)} unfinished export{'s' if len(found) > 1 else ''} ({size:,.0f} MB) "
+            f"left by processes killed while exporting; TF Serving ignores them: delete them to free the space "
+            f"(rm -r {os.path.join(export_base, STAGING_PREFIX)}*).")
 
 
 def existing_versions(export_base):

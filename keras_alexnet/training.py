@@ -525,6 +525,9 @@ class _Run:
                 result["export_path"] = self._export()
                 self._record_export(result["export_path"])
                 self.say(f"exported SavedModel to {result['export_path']}")
+                note = export.leftover_note(config.export_dir)
+                if note:
+                    self.say(note)
         result["model"] = self.trainer.model
         return result
 

@@ -63,6 +63,9 @@ def main(argv):
         version=FLAGS.version, model_name=FLAGS.model_name, mean_image=config.get("mean_rgb"), precision=FLAGS.precision,
     )
     print(path)
+    note = export.leftover_note(export_base)
+    if note:
+        print(note, file=sys.stderr)
 
 
 if __name__ == "__main__":

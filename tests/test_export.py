@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -425,3 +426,22 @@ def test_saved_model_cli_show(exported):
         block = serving.split(f"outputs['{output}']")[1].split("outputs[")[0]
         assert f"dtype: {dtype}" in block and f"shape: (-1, {len(CLASSES)})" in block
     assert "Method name is: tensorflow/serving/predict" in serving
+
+
+def test_unfinished_exports_left_by_killed_processes_are_noted_not_deleted(tmp_path):
+    base = tmp_path / "alexnet"
+    old = base / f"{export.STAGING_PREFIX}0123abcd"  # a SavedModel half written, an hour ago
+    (old / "variables").mkdir(parents=True)
+    (old / "variables" / "variables.data-00000-of-00001").write_bytes(b"x" * 3_000_000)
+    (old / "saved_model.pb").write_bytes(b"x" * 500_000)
+    hour_ago = time.time() - 3600
+    for path in (old / "variables" / "variables.data-00000-of-00001", old / "saved_model.pb", old / "variables", old):
+        os.utime(path, (hour_ago, hour_ago))
+    (base / f"{export.STAGING_PREFIX}4567ef01").mkdir()  # being written right now by another export
+    (base / "1").mkdir()
+    assert export.leftover_exports(str(base)) == [(str(old), 3_500_000)]
+    assert export.leftover_note(str(base)) == (
+        f"note: {base} holds 1 unfinished export (4 MB) left by processes killed while exporting; TF Serving "
+        f"ignores them: delete them to free the space (rm -r {base}/{export.STAGING_PREFIX}*).")
+    assert old.is_dir()  # only said: deleting is the user's call
+    assert export.leftover_note(str(tmp_path / "none")) == ""
