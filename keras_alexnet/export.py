@@ -23,6 +23,7 @@ convolution, docs/platform.md).
 """
 
 import os
+import shlex
 import time
 import uuid
 
@@ -259,7 +260,7 @@ def leftover_note(export_base, **kwargs):
     size = sum(length for _, length in found) / 1e6
     return (f"note: {export_base} holds {len(found)} unfinished export{'s' if len(found) > 1 else ''} ({size:,.0f} MB) "
             f"left by processes killed while exporting; TF Serving ignores them: delete them to free the space "
-            f"(rm -r {os.path.join(export_base, STAGING_PREFIX)}*).")
+            f"(rm -r {shlex.quote(os.path.join(export_base, STAGING_PREFIX))}*).")
 
 
 def existing_versions(export_base):

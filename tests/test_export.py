@@ -445,3 +445,7 @@ def test_unfinished_exports_left_by_killed_processes_are_noted_not_deleted(tmp_p
         f"ignores them: delete them to free the space (rm -r {base}/{export.STAGING_PREFIX}*).")
     assert old.is_dir()  # only said: deleting is the user's call
     assert export.leftover_note(str(tmp_path / "none")) == ""
+    spaced = tmp_path / "my models" / "alexnet"  # the command stays one a shell runs as meant
+    (spaced / old.name).mkdir(parents=True)
+    os.utime(spaced / old.name, (hour_ago, hour_ago))
+    assert export.leftover_note(str(spaced)).endswith(f"(rm -r '{spaced}/{export.STAGING_PREFIX}'*).")
