@@ -78,8 +78,9 @@ def report(manifest):
     for split, entry in manifest["splits"].items():
         skipped = entry["skipped"]
         shards = len(entry["shards"])
-        print(f"{split}: {entry['num_examples']} examples in {shards} shard{'s' if shards != 1 else ''}; "
-              f"{len(skipped)} files skipped" + (f", {entry['upscaled']} enlarged" if entry.get("upscaled") else "")
+        examples = entry["num_examples"]
+        print(f"{split}: {examples} example{'s' if examples != 1 else ''} in {shards} shard{'s' if shards != 1 else ''}; "
+              f"{len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped" + (f", {entry['upscaled']} enlarged" if entry.get("upscaled") else "")
               + "".join(f"\n  skipped {path}: {why}" for path, why in skipped[:20])
               + (f"\n  ... and {len(skipped) - 20} more (manifest.json)" if len(skipped) > 20 else ""))
     from keras_alexnet import augment, min_input_size

@@ -295,6 +295,7 @@ def test_sigkill_then_the_same_command_resumes_and_keeps_finished_shards(tmp_pat
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr
     assert f"--dataset=tfrecord:{out}" in stdout and "train: 30 examples in 30 shards; 0 files skipped" in stdout
+    assert "validation: 3 examples in 3 shards; 0 files skipped" in stdout
     assert all(os.stat(os.path.join(out, n)).st_mtime_ns == t for n, t in kept.items())
     assert not [n for n in os.listdir(out) if ".tmp-" in n] and os.path.exists(os.path.join(out, "validation-00002-of-00003"))
     assert sorted(r[:2] for r in _records(tf.io.gfile.glob(f"{out}/train-*"))) == sorted(expected["train"])
@@ -440,3 +441,14 @@ def test_output_on_a_tensorflow_filesystem(tmp_path):
         f.write(b"truncated")
     with pytest.raises(UsageError, match="validation-00000-of-00001 is truncated"):
         data.dataset_info(f"tfrecord:{out}")
+
+
+def test_the_report_counts_one_of_a_kind_in_the_singular():
+    manifest = {"size": 256, "mean_rgb": [1.0, 2.0, 3.0], "splits": {
+        "train": {"num_examples": 1, "shards": ["train-00000-of-00001"], "skipped": [["a/x.jpg", "truncated"]]}}}
+    code = ("import json, sys; sys.path.insert(0, 'scripts'); import prepare_data; "
+            "prepare_data.FLAGS(['prepare_data.py', '--output_dir=out']); prepare_data.report(json.loads(sys.argv[1]))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(manifest)], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:2] == ["train: 1 example in 1 shard; 1 file skipped", "  skipped a/x.jpg: truncated"]
