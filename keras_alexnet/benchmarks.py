@@ -507,13 +507,6 @@ def layer_profile(*, variant="paper", image_size=227, batch_size=64, xla=False, 
     """
     keras.utils.set_random_seed(seed)
     model = build(input_shape=(image_size, image_size, 3), variant=variant, seed=seed)
-    # A tf.function a layer is the point here, and TensorFlow warns about retracing at the sixth.
-    with logs.tensorflow_warnings_off():
-        return _layer_rows(model, batch_size, xla, repeats, backward, grouped_reference)
-
-
-def _layer_rows(model, batch_size, xla, repeats, backward, grouped_reference):
-    """layer_profile's rows (see there)."""
     rows = []
 
     def timed(name, layer, input_shape, flops, input_gradient):
@@ -525,15 +518,17 @@ def _layer_rows(model, batch_size, xla, repeats, backward, grouped_reference):
             row["forward_backward_ms"] = 1000.0 * _median_seconds(forward_backward, x, repeats)
         rows.append(row)
 
-    for index, layer in enumerate(model.layers[1:]):
-        timed(layer.name, layer, layer.input.shape, layer_flops(layer), input_gradient=index > 0)
-        if grouped_reference and isinstance(layer, TwoColumnConv2D) and layer.groups > 1:
-            grouped = keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
-                                          groups=layer.groups, activation="relu", name=f"{layer.name}_keras_groups")
-            grouped.build(layer.input.shape)
-            timed(f"{layer.name} as Conv2D(groups={layer.groups})", grouped, layer.input.shape, layer_flops(layer),
-                  input_gradient=True)
-    timed("model", model, model.input.shape, model_flops(model), input_gradient=False)
+    # A tf.function a layer is the point here, and TensorFlow warns about retracing at the sixth.
+    with logs.tensorflow_warnings_off():
+        for index, layer in enumerate(model.layers[1:]):
+            timed(layer.name, layer, layer.input.shape, layer_flops(layer), input_gradient=index > 0)
+            if grouped_reference and isinstance(layer, TwoColumnConv2D) and layer.groups > 1:
+                grouped = keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                                              groups=layer.groups, activation="relu", name=f"{layer.name}_keras_groups")
+                grouped.build(layer.input.shape)
+                timed(f"{layer.name} as Conv2D(groups={layer.groups})", grouped, layer.input.shape, layer_flops(layer),
+                      input_gradient=True)
+        timed("model", model, model.input.shape, model_flops(model), input_gradient=False)
     return rows
 
 
