@@ -8,7 +8,7 @@ source feeds. Dataset strings (`spec`):
     "synthetic" / "synthetic:num_classes=N"
                      random batches already at the model's input size (throughput measurement).
     "folder:PATH"    PATH/train/<class>/* and PATH/val/<class>/* (or PATH/validation/...), the
-                     ImageNet / ImageFolder layout, or PATH/<class>/* with a fifth of each class
+                     ImageNet / ImageFolder layout, or PATH/<class>/* with about a fifth of each class
                      held out by file name; JPEG, PNG, GIF, BMP, WebP; classes sorted by name.
     "tfrecord:GLOB"  TFRecords of tf.train.Examples with `image/encoded` and `image/class/label`
                      (the tensorflow/models and Cloud TPU ImageNet format). GLOB is a directory

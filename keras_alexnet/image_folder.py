@@ -4,10 +4,10 @@ A class's images are the files anywhere below its folder, subfolders included. T
 
 - PATH/train/<class>/* and PATH/val/<class>/* (or PATH/validation/...): the ImageNet /
   ImageFolder layout, the held-out images chosen by whoever made the folders.
-- PATH/<class>/*: the layout of `keras.utils.image_dataset_from_directory`. HELD_OUT_PERCENT of
-  each class is held out, chosen by a hash of the file's path inside PATH, so every run, the
+- PATH/<class>/*: the layout of `keras.utils.image_dataset_from_directory`. About HELD_OUT_PERCENT
+  of each class is held out, chosen by a hash of the file's path inside PATH, so every run, the
   evaluation and `scripts/prepare_data.py` agree on it, and a file added later never moves a
-  held-out image into training.
+  held-out image into training (`held_out_mask` has the one exception).
 """
 
 import collections
@@ -66,10 +66,29 @@ def class_names(root):
     return tuple(classes)
 
 
-def is_held_out(relative_path):
-    """Whether a file of a flat folder is held out: HELD_OUT_PERCENT% of paths, by their MD5."""
+def _hash_percent(relative_path):
+    """0-99 from the MD5 of a path inside the folder (separators as "/" on every system)."""
     digest = hashlib.md5(relative_path.replace(os.sep, "/").encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") % 100 < HELD_OUT_PERCENT
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+def is_held_out(relative_path):
+    """Whether the hash holds a file out: true for HELD_OUT_PERCENT% of paths."""
+    return _hash_percent(relative_path) < HELD_OUT_PERCENT
+
+
+def held_out_mask(relative_paths):
+    """Which files of one class folder are held out: those `is_held_out` picks and, in a class of
+    two or more files where it picks none, the file with the lowest hash, so that every class is
+    measured (by the hash alone, a class of ten files has none held out one time in nine). That
+    stand-in is the one held-out file that an added file can move back into training: when the
+    hash picks the added file.
+    """
+    mask = [is_held_out(path) for path in relative_paths]
+    if len(relative_paths) >= 2 and not any(mask):
+        nearest = min(range(len(relative_paths)), key=lambda i: (_hash_percent(relative_paths[i]), relative_paths[i]))
+        mask[nearest] = True
+    return mask
 
 
 @functools.lru_cache(maxsize=8)
@@ -89,7 +108,11 @@ def folder_files(root, split):
 def _flat_splits(root):
     """{split: (paths, labels)} of a flat folder, listed and hashed once for both splits."""
     paths, labels = _class_files(root, root)
-    held_out = [is_held_out(os.path.relpath(path, root)) for path in paths]
+    held_out = [False] * len(paths)
+    for label in set(labels):
+        indices = [i for i, y in enumerate(labels) if y == label]
+        for i, held in zip(indices, held_out_mask([os.path.relpath(paths[i], root) for i in indices])):
+            held_out[i] = held
     trained = {label for label, h in zip(labels, held_out) if not h}
     for label, name in enumerate(class_names(root)):
         if label not in trained:

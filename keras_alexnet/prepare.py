@@ -116,8 +116,8 @@ def _texts(class_names, synset_names):
 
 
 def list_folder(root, synset_names=None):
-    """Plan of an image folder, in either layout of data.py's folder: source (PATH/<class>/*, a
-    fifth of each class held out by file name; or PATH/train/<class>/* and PATH/val/<class>/*),
+    """Plan of an image folder, in either layout of data.py's folder: source (PATH/<class>/*, about
+    a fifth of each class held out by file name; or PATH/train/<class>/* and PATH/val/<class>/*),
     with the same classes and the same split. Every file is listed (one that is not an image is
     skipped and listed when it fails to decode).
     """

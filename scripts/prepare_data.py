@@ -1,6 +1,6 @@
 """Prepare a dataset once as sharded TFRecords, the paper's way (§2; keras_alexnet/prepare.py, docs/imagenet.md).
 
-An image folder (DIR/<class>/*, a fifth of each class held out; or DIR/train/<class>/*, DIR/val/<class>/*):
+An image folder (DIR/<class>/*, about a fifth of each class held out; or DIR/train/<class>/*, DIR/val/<class>/*):
 
     python scripts/prepare_data.py --input_dir /data/images --output_dir /data/images_tfrecord
 
@@ -24,7 +24,7 @@ from absl import flags
 import _cli as cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("input_dir", None, "An image folder: DIR/<class>/* (a fifth of each class held out, as --dataset folder:DIR does), "
+flags.DEFINE_string("input_dir", None, "An image folder: DIR/<class>/* (about a fifth of each class held out, as --dataset folder:DIR does), "
                     "or DIR/train/<class>/* and DIR/val/<class>/* (or validation/).")
 flags.DEFINE_string("train_dir", None, "ILSVRC2012: a folder of per-synset tars (n01440764.tar) or their extracted folders.")
 flags.DEFINE_string("val_dir", None, "ILSVRC2012: the flat folder of ILSVRC2012_val_*.JPEG.")

@@ -1,5 +1,5 @@
 """`folder:PATH`: an image folder in either layout of keras_alexnet.image_folder (PATH/<class>/*,
-a fifth of each class held out by file name; or PATH/train/<class>/* and PATH/val/<class>/*);
+about a fifth of each class held out by file name; or PATH/train/<class>/* and PATH/val/<class>/*);
 JPEG, PNG, GIF, BMP, WebP; classes sorted by name."""
 
 import os
@@ -7,6 +7,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from keras_alexnet.errors import few
 from keras_alexnet.image_folder import HELD_OUT_PERCENT, class_names, folder_files, is_flat
 from keras_alexnet.sources.common import SPLITS, DatasetInfo, pipeline_share
 
@@ -25,14 +26,16 @@ class Folder:
         """Class names and examples per split. A train/ folder without a val/ beside it is refused
         here, before a training run spends an epoch to find it out."""
         counts = {split: len(folder_files(self.root, split)[0]) for split in SPLITS}
-        notes = []
+        split_note = None
         if is_flat(self.root):
-            notes.append(f"held out: {HELD_OUT_PERCENT}% of each class folder of {self.root}, chosen by file name "
-                         f"(the same files every run); make {self.root}/train/ and {self.root}/val/ to choose them yourself")
-        imbalance = _imbalance_note(self.class_names, folder_files(self.root, "train")[1])
-        if imbalance:
-            notes.append(imbalance)
-        return DatasetInfo(self.spec, self.num_classes, list(self.class_names), counts, notes=notes)
+            split_note = (f"held out: about {HELD_OUT_PERCENT}% of each class folder of {self.root} (at least one "
+                          "file of each class of two or more), chosen by file name (the same files every run); "
+                          f"make {self.root}/train/ and {self.root}/val/ to choose them yourself")
+        notes = [split_note,
+                 _unmeasured_note(self.root, self.class_names, folder_files(self.root, "validation")[1]),
+                 _imbalance_note(self.class_names, folder_files(self.root, "train")[1])]
+        return DatasetInfo(self.spec, self.num_classes, list(self.class_names), counts,
+                           notes=[note for note in notes if note])
 
     def records(self, split, training, input_context, seed, shuffle_buffer):
         paths, labels = folder_files(self.root, split)
@@ -42,6 +45,18 @@ class Folder:
         if training:
             records = records.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
         return records, lambda path, label: (tf.io.read_file(path), label)
+
+
+def _unmeasured_note(root, names, held_out_labels):
+    """One line naming the classes with no held-out image (a class of one file in a flat folder,
+    or a class without a folder in val/): the held-out figures say nothing about them."""
+    missing = [names[label] for label in sorted(set(range(len(names))) - set(held_out_labels))]
+    if not missing:
+        return None
+    fix = ("give each class folder two or more files" if is_flat(root)
+           else f"add {'its folder' if len(missing) == 1 else 'their folders'} to {root}/val/")
+    return (f"note: no held-out image of {len(missing)} class{'es' if len(missing) > 1 else ''} "
+            f"({few(missing, 3)}): the held-out figures do not measure {'it' if len(missing) == 1 else 'them'}; {fix}")
 
 
 # Classes this many times apart in training images are named in the run's header.
