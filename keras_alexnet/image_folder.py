@@ -97,11 +97,25 @@ def folder_files(root, split):
     if not is_flat(root):
         split_dir = _split_dir(root, split)
         if split_dir is None:
-            have, need = ("val", "train") if split == "train" else ("train", "val")
-            raise UsageError(f"{root} has {have}/ but no {need}/ folder: add {root}/{need}/<class>/*.jpg, or move "
-                             f"the class folders up into {root} to hold out {HELD_OUT_PERCENT}% of each")
+            raise UsageError(_missing_split_message(root, split))
         return _class_files(root, split_dir)
     return _flat_splits(root)[split]
+
+
+# Other names a held-out split's folder goes by (Kaggle's test/, Roboflow's valid/): named in the
+# error, not read, since a test/ folder may be meant to stay unseen until the end.
+OTHER_SPLIT_NAMES = ("test", "valid", "eval", "dev")
+
+
+def _missing_split_message(root, split):
+    """Why a folder with train/ (or val/) and not the other cannot be read, and the ways out."""
+    have, need = ("val", "train") if split == "train" else ("train", "val")
+    other = next((name for name in OTHER_SPLIT_NAMES if os.path.isdir(os.path.join(root, name))), None)
+    if need == "val" and other:
+        return (f"{root} has train/ and {other}/ but no val/ folder: to hold out {other}/, link it as val/ "
+                f"(ln -s {other} {os.path.join(root, 'val')}), or add {root}/val/<class>/*.jpg")
+    return (f"{root} has {have}/ but no {need}/ folder: add {root}/{need}/<class>/*.jpg, or move "
+            f"the class folders up into {root} to hold out {HELD_OUT_PERCENT}% of each")
 
 
 @functools.lru_cache(maxsize=8)

@@ -272,6 +272,20 @@ def test_a_train_folder_without_val_is_refused_before_training(tmp_path):
                                   f"class folders up into {root} to hold out 20% of each")
 
 
+def test_a_train_folder_beside_test_says_how_to_use_it(tmp_path):
+    # Kaggle's train/ and test/: the error names test/ and the link that makes it the held-out split.
+    root = tmp_path / "photos"
+    _flat_folder(root / "train")
+    _flat_folder(root / "test")
+    with pytest.raises(UsageError) as refused:
+        data.dataset_info(f"folder:{root}")
+    assert str(refused.value) == (f"{root} has train/ and test/ but no val/ folder: to hold out test/, link it as "
+                                  f"val/ (ln -s test {root}/val), or add {root}/val/<class>/*.jpg")
+    (root / "val").symlink_to("test")
+    _clear_folder_caches()
+    assert data.dataset_info(f"folder:{root}").num_examples == {"train": 22, "validation": 22}
+
+
 def test_a_flat_class_whose_every_file_is_held_out_is_refused(tmp_path):
     root = tmp_path / "flat"
     _flat_folder(root)
