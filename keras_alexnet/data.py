@@ -49,7 +49,7 @@ from absl import logging
 
 from keras_alexnet import augment, image_folder, sources
 from keras_alexnet.sources.common import check_split, pipeline_share
-from keras_alexnet.errors import UsageError
+from keras_alexnet.errors import UsageError, counted
 
 # Records held in the shuffle buffer for record-based sources (tfrecord, tfds); file lists and
 # in-memory datasets are shuffled whole.
@@ -93,7 +93,7 @@ class BadImageLog:
             if not self.count:
                 return ""
             count = len(self.names)
-            return f"{count} undecodable image{'s' if count > 1 else ''} skipped; first: {', '.join(self.first_names)}"
+            return f"{counted(count, 'undecodable image')} skipped; first: {', '.join(self.first_names)}"
 
     def fix(self):
         """What to do about the files skipped: convert or remove them (TIFF can go through

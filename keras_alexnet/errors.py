@@ -24,6 +24,12 @@ def few(names, shown):
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
+def counted(count, noun, plural=None):
+    """'1 epoch', '3 epochs', '0.5 epochs', '2 classes' (plural given): a count and its noun."""
+    number = f"{count:g}" if isinstance(count, float) else str(count)
+    return f"{number} {noun if count == 1 else plural or noun + 's'}"
+
+
 def require_tensorflow_backend(what):
     """UsageError unless Keras runs on TensorFlow: training, evaluation and export use
     tf.distribute, tf.data and SavedModel (under JAX or torch they failed deep inside

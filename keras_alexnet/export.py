@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_alexnet import augment
-from keras_alexnet.errors import UsageError, first_line, require_tensorflow_backend
+from keras_alexnet.errors import UsageError, counted, first_line, require_tensorflow_backend
 from keras_alexnet.evaluation import TOP_K
 from keras_alexnet.image_folder import DECODED_FORMATS
 from keras_alexnet.run_lease import SETTLE_SECONDS, claims_need_settling
@@ -258,7 +258,7 @@ def leftover_note(export_base, **kwargs):
     if not found:
         return ""
     size = sum(length for _, length in found) / 1e6
-    return (f"note: {export_base} holds {len(found)} unfinished export{'s' if len(found) > 1 else ''} ({size:,.0f} MB) "
+    return (f"note: {export_base} holds {counted(len(found), 'unfinished export')} ({size:,.0f} MB) "
             f"left by processes killed while exporting; TF Serving ignores them: delete them to free the space "
             f"(rm -r {shlex.quote(os.path.join(export_base, STAGING_PREFIX))}*).")
 

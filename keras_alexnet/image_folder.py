@@ -15,7 +15,7 @@ import functools
 import hashlib
 import os
 
-from keras_alexnet.errors import UsageError
+from keras_alexnet.errors import UsageError, counted
 
 # What tf.io.decode_image reads; scripts/predict.py keeps the same list (a test checks).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -163,7 +163,7 @@ def _no_images_message(root, folder, files):
     if any(kind in CONVERTIBLE_EXTENSIONS for kind in kinds):
         fix += f", or write the folder as TFRecords with scripts/prepare_data.py --input_dir {root} (it reads TIFF)"
     return (f"class folder {folder} has no images TensorFlow decodes ({DECODED_FORMATS}), only "
-            f"{len(files)} other file{'s' if len(files) > 1 else ''} ({held}): {fix}")
+            f"{counted(len(files), 'other file')} ({held}): {fix}")
 
 
 def _class_files(root, split_dir):

@@ -26,7 +26,7 @@ import tensorflow as tf
 from tensorflow.python.framework.ops import _gradient_registry as _GRADIENT_REGISTRY
 
 from keras_alexnet import augment, checkpoints, data, distribute, evaluation, export, finetune, optimization, run_config, run_lease
-from keras_alexnet.errors import UsageError, first_line, require_tensorflow_backend
+from keras_alexnet.errors import UsageError, counted, first_line, require_tensorflow_backend
 from keras_alexnet.logs import Progress, ProfileWindow, RunLog
 from keras_alexnet.model import min_input_size
 from keras_alexnet.run_config import TrainConfig, check_config, check_resume, resolve, start_from  # noqa: F401 (TrainConfig: importable from here too)
@@ -359,9 +359,9 @@ class _Run:
                  f"({info.num_examples['train']} train / {info.num_examples.get('validation', 0)} held-out, {info.num_classes} classes), "
                  f"{distribute.strategy_name(strategy)} x{strategy.num_replicas_in_sync}, {config.precision}, XLA {'on' if config.xla else 'off'}, "
                  f"image {config.image_size}, batch {config.batch_size}, lr {config.learning_rate:g} ({config.lr_schedule}), "
-                 f"{config.epochs} epoch{'s' if config.epochs > 1 else ''} x {config.steps_per_epoch} steps")
-        self.say(f"recipe {config.recipe} ({config.recipe_reason}): {config.optimizer}, warm-up {config.warmup_epochs:g} "
-                 f"epoch{'s' if config.warmup_epochs != 1 else ''}, weight decay {config.weight_decay:g}, dropout {config.dropout:g}; "
+                 f"{counted(config.epochs, 'epoch')} x {config.steps_per_epoch} steps")
+        self.say(f"recipe {config.recipe} ({config.recipe_reason}): {config.optimizer}, warm-up "
+                 f"{counted(float(config.warmup_epochs), 'epoch')}, weight decay {config.weight_decay:g}, dropout {config.dropout:g}; "
                  "flags given win")
         for note in info.notes:
             self.say(note)
@@ -611,8 +611,8 @@ class ChanceWatch:
             return
         self.warned = True
         warmup = self.config.warmup_epochs
-        warmup = f" (warm-up {warmup:g} epoch{'s' if warmup != 1 else ''})" if warmup else ""
-        self.say(f"warning: {epochs} epoch{'s' if epochs > 1 else ''} is too short to tell whether the network learns"
+        warmup = f" (warm-up {counted(float(warmup), 'epoch')})" if warmup else ""
+        self.say(f"warning: {counted(epochs, 'epoch')} is too short to tell whether the network learns"
                  f"{warmup}: train for longer, e.g. --epochs={max(15, 3 * first)}; docs/recipes.md.")
 
     def fix(self):

@@ -26,7 +26,7 @@ def main(argv):
     if not os.path.isfile(history):  # checked before TensorFlow is imported, so the answer is immediate
         cli.fail(f"{history} not found: pass a model_dir written by scripts/train.py.")
     from keras_alexnet import checkpoints, figures
-    from keras_alexnet.errors import UsageError
+    from keras_alexnet.errors import UsageError, counted
 
     try:  # the run's class count decides whether top-5 is drawn; a history without its run is drawn whole
         num_classes = checkpoints.read_config(os.path.dirname(history)).get("num_classes")
@@ -40,7 +40,7 @@ def main(argv):
         path = figures.plot_history(records, out, title=f"training history of {model_dir}", num_classes=num_classes)
     except ValueError as error:  # not only UsageError: figures' own ValueErrors name the file too
         cli.fail(error)
-    print(f"wrote {path} ({len(records)} epoch{'s' if len(records) != 1 else ''})")
+    print(f"wrote {path} ({counted(len(records), 'epoch')})")
 
 
 if __name__ == "__main__":

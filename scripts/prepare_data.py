@@ -75,12 +75,14 @@ def check_flags():
 
 def report(manifest):
     """What was written, the files skipped (the first 20) and the --dataset string to train with."""
+    from keras_alexnet.errors import counted
+
     for split, entry in manifest["splits"].items():
         skipped = entry["skipped"]
         shards = len(entry["shards"])
         examples = entry["num_examples"]
-        print(f"{split}: {examples} example{'s' if examples != 1 else ''} in {shards} shard{'s' if shards != 1 else ''}; "
-              f"{len(skipped)} file{'s' if len(skipped) != 1 else ''} skipped" + (f", {entry['upscaled']} enlarged" if entry.get("upscaled") else "")
+        print(f"{split}: {counted(examples, 'example')} in {counted(shards, 'shard')}; "
+              f"{counted(len(skipped), 'file')} skipped" + (f", {entry['upscaled']} enlarged" if entry.get("upscaled") else "")
               + "".join(f"\n  skipped {path}: {why}" for path, why in skipped[:20])
               + (f"\n  ... and {len(skipped) - 20} more (manifest.json)" if len(skipped) > 20 else ""))
     from keras_alexnet import augment, min_input_size

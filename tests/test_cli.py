@@ -13,7 +13,7 @@ import sys
 import pytest
 from absl import flags
 
-from keras_alexnet.errors import UsageError
+from keras_alexnet.errors import UsageError, counted, few
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
 
@@ -417,3 +417,10 @@ def test_stdout_without_a_reader_drops_what_is_printed_and_says_so_once(capsys):
     with pytest.raises(OSError):  # another error of the stream is not hidden
         cli.ReaderSafeStdout(_FullDisk()).write("epoch 1/10 ...\n")
 
+
+
+def test_counts_and_lists_in_one_line_messages_read_as_english():
+    assert [counted(n, "epoch") for n in (0, 1, 2, 1.0, 0.5, 2.5)] == [
+        "0 epochs", "1 epoch", "2 epochs", "1 epoch", "0.5 epochs", "2.5 epochs"]
+    assert counted(1, "class", "classes") == "1 class" and counted(3, "class", "classes") == "3 classes"
+    assert few(["a", "b"], 3) == "a, b" and few("abcde", 3) == "a, b, c and 2 more"

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_alexnet.errors import few
+from keras_alexnet.errors import counted, few
 from keras_alexnet.image_folder import HELD_OUT_PERCENT, class_names, folder_files, is_flat
 from keras_alexnet.sources.common import SPLITS, DatasetInfo, pipeline_share
 
@@ -55,7 +55,7 @@ def _unmeasured_note(root, names, held_out_labels):
         return None
     fix = ("give each class folder two or more files" if is_flat(root)
            else f"add {'its folder' if len(missing) == 1 else 'their folders'} to {root}/val/")
-    return (f"note: no held-out image of {len(missing)} class{'es' if len(missing) > 1 else ''} "
+    return (f"note: no held-out image of {counted(len(missing), 'class', 'classes')} "
             f"({few(missing, 3)}): the held-out figures do not measure {'it' if len(missing) == 1 else 'them'}; {fix}")
 
 
