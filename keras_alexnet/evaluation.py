@@ -17,6 +17,7 @@ import math
 import sys
 import time
 
+import numpy as np
 import tensorflow as tf
 
 from keras_alexnet.errors import few
@@ -164,7 +165,9 @@ def evaluate(probabilities_fn, dataset_fn, strategy=None, top_k=TOP_K, log_every
     Returns a dict: num_examples, top1_accuracy, top5_accuracy, top1_error, top5_error (k=5
     named so whatever the k), loss (mean -log p(label) of the averaged probabilities),
     majority_share (the largest class's share of the labels this worker read: chance for a
-    model that always answers it), seconds and images_per_sec.
+    model that always answers it), seconds, images_per_sec, and label_predictions: a Counter
+    of (label, top-1 class) pairs, the confusion matrix of this worker's labels in sparse form
+    (`confusion_matrix`; not JSON, left out of what scripts/evaluate.py prints).
     """
     return Evaluator(probabilities_fn, strategy, top_k)(dataset_fn, log_every, expected_examples)
 
@@ -189,7 +192,8 @@ def _compiled_step(probabilities_fn, strategy, top_k):
 
     def replica_step(images, labels):
         def counts():
-            return batch_counts(average_views(probabilities_fn, images), labels, top_k)
+            probabilities = average_views(probabilities_fn, images)
+            return batch_counts(probabilities, labels, top_k) + (tf.argmax(probabilities, axis=-1, output_type=tf.int32),)
 
         if strategy.num_replicas_in_sync == 1:  # one input pipeline: no batch is empty
             return counts()
@@ -198,13 +202,15 @@ def _compiled_step(probabilities_fn, strategy, top_k):
         # input's shape, [0, S, S, 3], and the next layer fails; an empty batch counts nothing.
         # (Not on one replica: the cond's Merge node earns a grappler warning on every run.)
         return tf.cond(tf.shape(labels)[0] > 0, counts,
-                       lambda: (tf.zeros([3], tf.int64), tf.constant(0.0, tf.float64)))
+                       lambda: (tf.zeros([3], tf.int64), tf.constant(0.0, tf.float64), tf.zeros([0], tf.int32)))
 
     @tf.function(reduce_retracing=True)
     def step(images, labels):
-        counts, loss = strategy.run(replica_step, args=(images, labels))
+        counts, loss, predicted = strategy.run(replica_step, args=(images, labels))
+        # The top-1 classes stay per replica: the host pairs them with the labels, which costs B
+        # numbers a step where a [C, C] matrix would be summed across replicas.
         return (strategy.reduce(tf.distribute.ReduceOp.SUM, counts, axis=None),
-                strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None))
+                strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None), predicted)
 
     return step
 
@@ -213,14 +219,15 @@ def _count_over(dataset, step, strategy, log_every, expected_examples):
     """The loop of `evaluate`: the step over every batch, the totals divided once at the end."""
     examples = top1 = topk = 0
     loss = 0.0
-    label_counts = collections.Counter()  # this worker's share of the labels (all of them on one machine)
+    pairs = collections.Counter()  # (label, top-1 class) of this worker's share (all of it on one machine)
     start = time.perf_counter()
     for index, (images, labels) in enumerate(dataset, start=1):
-        counts, batch_loss = step(images, labels)
+        counts, batch_loss, predicted = step(images, labels)
         n, hits1, hitsk = (int(value) for value in counts.numpy())
         examples, top1, topk, loss = examples + n, top1 + hits1, topk + hitsk, loss + float(batch_loss)
-        for local in strategy.experimental_local_results(labels):
-            label_counts.update(local.numpy().tolist())
+        for local_labels, local_predicted in zip(strategy.experimental_local_results(labels),
+                                                 strategy.experimental_local_results(predicted)):
+            pairs.update(zip(local_labels.numpy().tolist(), local_predicted.numpy().tolist()))
         if log_every and index % log_every == 0:
             # stderr: stdout is the result's (scripts/evaluate.py prints one JSON object there).
             print(_progress_line(index, examples, top1, time.perf_counter() - start, expected_examples), file=sys.stderr,
@@ -228,6 +235,9 @@ def _count_over(dataset, step, strategy, log_every, expected_examples):
     seconds = time.perf_counter() - start
     if examples == 0:
         raise ValueError("the evaluation dataset is empty.")
+    label_counts = collections.Counter()
+    for (label, _), count in pairs.items():
+        label_counts[label] += count
     return {
         "num_examples": examples,
         "top1_accuracy": top1 / examples,
@@ -238,4 +248,30 @@ def _count_over(dataset, step, strategy, log_every, expected_examples):
         "majority_share": max(label_counts.values()) / sum(label_counts.values()) if label_counts else None,
         "seconds": seconds,
         "images_per_sec": examples / seconds,
+        "label_predictions": pairs,
     }
+
+
+def confusion_matrix(label_predictions, num_classes):
+    """[C, C] int64 counts, row = label, column = top-1 class, from `evaluate`'s label_predictions."""
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    for (label, predicted), count in label_predictions.items():
+        matrix[label, predicted] += count
+    return matrix
+
+
+def weakest_classes(matrix, class_names, count=5):
+    """The `count` classes of lowest top-1 accuracy among those with examples, lowest first (ties:
+    the larger class first), each {class, examples, top1_accuracy, most_taken_for, times}: the
+    class its examples were most often taken for, and how many times (None, 0 if never wrong)."""
+    rows = []
+    for label, row in enumerate(matrix):
+        examples = int(row.sum())
+        if not examples:
+            continue
+        wrong = row.copy()
+        wrong[label] = 0
+        other = int(np.argmax(wrong))
+        rows.append({"class": class_names[label], "examples": examples, "top1_accuracy": float(row[label]) / examples,
+                     "most_taken_for": class_names[other] if wrong[other] else None, "times": int(wrong[other])})
+    return sorted(rows, key=lambda r: (r["top1_accuracy"], -r["examples"]))[:count]

@@ -362,6 +362,37 @@ def plot_history(records, path, title=None, num_classes=None):
     return _save(figure, path)
 
 
+# Up to this many classes a confusion matrix names them on its axes, and up to the second
+# number it writes each cell's count; beyond, the colours alone show where the errors are.
+CONFUSION_NAMED, CONFUSION_COUNTED = 50, 20
+
+
+def plot_confusion(matrix, class_names, path, title=None):
+    """The confusion matrix of an evaluation (`evaluation.confusion_matrix`: row = true class,
+    column = top-1 class), each row as shares of its class's examples, so that a small class's
+    errors show as clearly as a large one's. Returns path."""
+    matrix = np.asarray(matrix, np.float64)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    classes = len(class_names)
+    side = min(4 + 0.35 * min(classes, CONFUSION_NAMED), 20)
+    figure = _figure(width=side + 1.5, height=side)
+    axis = figure.subplots()
+    image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    figure.colorbar(image, ax=axis, shrink=0.8, label="share of the true class's examples")
+    if classes <= CONFUSION_NAMED:
+        axis.set_xticks(range(classes), class_names, rotation=90, fontsize=8)
+        axis.set_yticks(range(classes), class_names, fontsize=8)
+    if classes <= CONFUSION_COUNTED:
+        for (row, column), count in np.ndenumerate(matrix):
+            if count:
+                axis.text(column, row, f"{count:.0f}", ha="center", va="center", fontsize=7,
+                          color="white" if shares[row, column] > 0.5 else "black")
+    axis.set_xlabel("taken for (top-1)")
+    axis.set_ylabel("true class")
+    axis.set_title(title or "confusion matrix", fontsize=10)
+    return _save(figure, path)
+
+
 def plot_learning_check(runs, path, title=None, baseline=None, labels=("", "")):
     """Held-out top-1 (%) per epoch of `scripts/learning_check.py` runs, one panel per set, one
     line per seed, chance as a dotted line. `runs`: dicts with set, seed, val_top1 (a list) and

@@ -6,7 +6,9 @@
         --data_dir ~/tensorflow_datasets --batch_size 256 --strategy mirrored
 
 Prints one JSON object (num_examples, top1_error, top5_error, top1_accuracy, top5_accuracy, loss,
-...) and writes it to --output (default with --model_dir: <model_dir>/eval_<split>_<crops>crop.json).
+weakest_classes, ...) and writes it to --output (default with --model_dir:
+<model_dir>/eval_<split>_<crops>crop.json). Draws the confusion matrix beside it
+(<output without .json>_confusion.png, or --confusion_png) and names the weakest classes on stderr.
 """
 
 import json
@@ -26,6 +28,8 @@ flags.DEFINE_enum("crops", "1", ["1", "10"], "1: the centre view; 10: four corne
 flags.DEFINE_integer("batch_size", 64, "Global batch size (examples; ten-crop runs 10 views per example), split over the replicas.")
 _flags.define_strategy_flags()
 flags.DEFINE_string("output", None, "Write the JSON result here (default with --model_dir: <model_dir>/eval_<split>_<crops>crop.json).")
+flags.DEFINE_string("confusion_png", None, "Draw the confusion matrix here (default: beside the JSON result, "
+                    "<output without .json>_confusion.png; none with --saved_model and no --output).")
 flags.DEFINE_integer("log_every", None, "Print progress every N steps (default: ten lines over the split; 0: never).")
 
 FLAGS = flags.FLAGS
@@ -61,12 +65,14 @@ def _data_source(config):
     return spec, FLAGS.data_dir or config.get("data_dir"), FLAGS.manual_dir or config.get("manual_dir")
 
 
-def _check_strategy(strategy, output):
+def _check_strategy(strategy, output, figure_path):
     """Refuse what would fail after the model is loaded: TPUs, a batch that does not split, an
-    --output folder that cannot be written (checked before an evaluation that can take an hour)."""
+    --output or figure folder that cannot be written, a figure name of no format (checked before
+    an evaluation that can take an hour)."""
     import tensorflow as tf
 
     from keras_alexnet.errors import UsageError
+    from keras_alexnet.figures import check_format
     from keras_alexnet.run_config import check_writable
 
     if isinstance(strategy, tf.distribute.TPUStrategy):
@@ -74,6 +80,9 @@ def _check_strategy(strategy, output):
         raise UsageError("--strategy tpu is not supported for evaluation: evaluate on CPU or GPU (--strategy default or mirrored).")
     if output:
         check_writable(os.path.dirname(os.path.abspath(output)), "the folder of --output")
+    if figure_path:
+        check_format(figure_path)
+        check_writable(os.path.dirname(os.path.abspath(figure_path)), "the folder of --confusion_png")
     replicas = strategy.num_replicas_in_sync
     if FLAGS.batch_size % replicas:
         raise UsageError(f"--batch_size={FLAGS.batch_size} does not split over {replicas} replicas: use a multiple of {replicas}.")
@@ -104,6 +113,31 @@ def _label_map(info, spec, num_classes, class_names):
     return label_map
 
 
+def _confusion_path(output):
+    """--confusion_png, or beside the JSON result: <output without .json>_confusion.png (not
+    beside a gs://... result: the figure is written with local file functions)."""
+    if FLAGS.confusion_png or not output or "://" in output:
+        return FLAGS.confusion_png
+    return os.path.splitext(output)[0] + "_confusion.png"
+
+
+def _per_class(result, class_names, num_classes, figure_path):
+    """The weakest classes (in the result and one stderr line) and the confusion matrix (PNG)."""
+    from keras_alexnet import evaluation, figures
+    from keras_alexnet.errors import counted
+
+    names = list(class_names) if class_names and len(class_names) == num_classes else [str(i) for i in range(num_classes)]
+    matrix = evaluation.confusion_matrix(result.pop("label_predictions"), num_classes)
+    weakest = evaluation.weakest_classes(matrix, names)
+    print("weakest classes: " + "; ".join(
+        f"{w['class']} {w['top1_accuracy']:.3f}" + (f" ({w['times']} of {w['examples']} taken for {w['most_taken_for']})"
+                                                    if w["times"] else "") for w in weakest[:3]), file=sys.stderr)
+    if figure_path:
+        figures.plot_confusion(matrix, names, figure_path, title=f"{FLAGS.split} split, {counted(result['crops'], 'view')}: "
+                               f"top-1 {result['top1_accuracy']:.3f}")
+    return {"weakest_classes": weakest, "confusion_png": figure_path}
+
+
 def _report(result, output):
     """Print the result as one JSON line, then write it to `output` (if any)."""
     import tensorflow as tf
@@ -123,7 +157,8 @@ def run():
     strategy = distribute.get_strategy(FLAGS.strategy, tpu=FLAGS.tpu, num_gpus=FLAGS.num_gpus)
     info = data.dataset_info(spec, data_dir=data_dir, manual_dir=manual_dir)  # a bad --dataset fails here, early
     output = _output_path(crops) if distribute.is_chief(strategy) else None  # only the chief writes
-    _check_strategy(strategy, output)
+    figure_path = _confusion_path(output) if distribute.is_chief(strategy) else None
+    _check_strategy(strategy, output, figure_path)
     with strategy.scope():
         probabilities, class_names, image_size, num_classes, config = _load_model(config)
     label_map = _label_map(info, spec, num_classes, class_names)
@@ -156,6 +191,7 @@ def run():
         "image_size": image_size,
         "replicas": strategy.num_replicas_in_sync,
     }
+    result.update(_per_class(result, class_names, num_classes, figure_path))
     _report(result, output)
     return result
 

@@ -102,6 +102,29 @@ def test_replicas_see_uneven_batches_and_none_is_lost():
     assert len(seen) >= 2  # both replicas ran the model
 
 
+@pytest.mark.parametrize("use_strategy", [False, True])
+def test_the_confusion_of_labels_and_top1_classes_is_counted_exactly(use_strategy):
+    rng = np.random.default_rng(3)
+    table = rng.dirichlet(np.ones(CLASSES), size=13)
+    labels = rng.integers(0, CLASSES, size=13).astype(np.int32)
+    result = evaluation.evaluate(fixed_probabilities(table), dataset_fn_of(id_images(np.arange(13)), labels, 4),
+                                 strategy=mirrored() if use_strategy else None)
+    matrix = evaluation.confusion_matrix(result["label_predictions"], CLASSES)
+    expected = np.zeros((CLASSES, CLASSES), np.int64)
+    np.add.at(expected, (labels, table.argmax(axis=1)), 1)
+    np.testing.assert_array_equal(matrix, expected)
+    assert np.trace(matrix) == round(result["top1_accuracy"] * 13)
+
+
+def test_the_weakest_classes_name_what_they_were_taken_for():
+    matrix = np.array([[8, 2, 0, 0], [0, 1, 0, 0], [5, 0, 45, 0], [0, 0, 0, 0]])
+    weakest = evaluation.weakest_classes(matrix, ["ant", "bee", "cat", "dog"], count=3)
+    assert weakest == [  # dog has no examples: left out
+        {"class": "ant", "examples": 10, "top1_accuracy": 0.8, "most_taken_for": "bee", "times": 2},
+        {"class": "cat", "examples": 50, "top1_accuracy": 0.9, "most_taken_for": "ant", "times": 5},
+        {"class": "bee", "examples": 1, "top1_accuracy": 1.0, "most_taken_for": None, "times": 0}]
+
+
 def test_exact_fractions():
     # 3 of 7 right at top-1: the error is exactly 4/7, not 1 - 3/7 rounded differently.
     table = np.eye(CLASSES)[[0, 1, 2, 0, 0, 0, 0]] * 0.9 + 0.1 / CLASSES

@@ -198,6 +198,24 @@ def test_plot_history_leaves_top5_out_for_five_classes_or_fewer(tmp_path, monkey
     assert labels == [both, both, both[:2]]  # with 5 classes top-5 is always right: a flat line at 0
 
 
+def test_plot_confusion_draws_shares_names_and_counts(tmp_path, monkeypatch):
+    matrix = np.array([[8, 2, 0], [0, 1, 0], [5, 0, 45]])
+    path = figures.plot_confusion(matrix, ["ant", "bee", "cat"], str(tmp_path / "confusion.png"))
+    width, height = png_size(path)
+    assert width > 400 and height > 300
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.append(figure) or path)
+    figures.plot_confusion(matrix, ["ant", "bee", "cat"], str(tmp_path / "c.png"))
+    axis = drawn[0].axes[0]
+    # Each row as shares of its class, so the small class's one example shows as fully as the others.
+    np.testing.assert_allclose(axis.images[0].get_array(), [[0.8, 0.2, 0], [0, 1, 0], [0.1, 0, 0.9]])
+    assert [t.get_text() for t in axis.get_yticklabels()] == ["ant", "bee", "cat"]
+    assert sorted(t.get_text() for t in axis.texts) == sorted(["8", "2", "1", "5", "45"])  # zero cells stay blank
+    # Many classes: colours only, no names or counts to overlap.
+    figures.plot_confusion(np.eye(60, dtype=int), [f"c{i}" for i in range(60)], str(tmp_path / "c.png"))
+    assert not drawn[1].axes[0].texts and not [t for t in drawn[1].axes[0].get_yticklabels() if t.get_text().startswith("c")]
+
+
 # --- scripts ------------------------------------------------------------------------------------
 
 

@@ -103,7 +103,7 @@ def predict_args(images):
 
 def evaluate_args(root, source, crops, strategy):
     """(arguments, output path) of an evaluate.py run: model_dir with its own dataset, or an export."""
-    output = root / f"eval_{source}_{crops}.json"
+    output = root / "evaluations" / f"eval_{source}_{crops}.json"  # not beside the image files predict.py reads
     source_args = ["--model_dir", root / "model_dir"] if source == "model_dir" else \
         ["--saved_model", root / "saved" / "alexnet" / "1", "--dataset", DATASET]
     return [*source_args, "--crops", crops, "--batch_size", 4, "--strategy", strategy, "--output", output], output
@@ -308,6 +308,12 @@ def test_evaluate_script(run, source, crops, strategy):
     assert printed["crops"] == int(crops) and printed["split"] == "validation"
     # The checkpoint loaded (the model_dir holds ckpt-5); an export has none.
     assert (printed["checkpoint"] or "").endswith("ckpt-5") if source == "model_dir" else printed["checkpoint"] is None
+    # Per class: the weakest classes in the result and on stderr, the confusion matrix beside the JSON.
+    assert printed["confusion_png"] == str(output).replace(".json", "_confusion.png") and os.path.getsize(printed["confusion_png"]) > 1000
+    weakest = printed["weakest_classes"]
+    assert 1 <= len(weakest) <= 5 and {w["class"] for w in weakest} <= set(CLASSES)
+    assert sum(round(w["top1_accuracy"] * w["examples"]) for w in weakest) <= top1
+    assert f"weakest classes: {weakest[0]['class']} {weakest[0]['top1_accuracy']:.3f}" in result.stderr
 
 
 def test_evaluate_script_matches_a_folder_of_some_classes_by_name(tmp_path):
