@@ -15,8 +15,11 @@ docs/performance.md has the figures and what they mean).
 own (forward and backward) to show where a step's time goes.
 """
 
+import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import types
@@ -27,7 +30,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_alexnet import augment, data, distribute, export, logs, recipes, run_config, training
-from keras_alexnet.errors import UsageError
+from keras_alexnet.errors import UsageError, first_line
 from keras_alexnet.layers import TwoColumnConv2D
 from keras_alexnet.model import build, layer_flops, model_flops
 from keras_alexnet import image_folder
@@ -327,11 +330,19 @@ def train_benchmark(*, variant="paper", image_size=227, batch_size=64, precision
 COMPARED_SETTINGS = (("float32", True), ("float32", False), ("mixed_bfloat16", True), ("mixed_bfloat16", False))
 
 
+# oneDNN's bfloat16 math for float32 layers: TensorFlow reads it once per process, and oneDNN's
+# convolutions take it on AMX CPUs only (docs/performance.md), so `compare` times it in a child
+# process on CPUs with bfloat16 instructions, where it is the float32 speed-up to look for.
+FPMATH_BF16 = {"TF_SET_ONEDNN_FPMATH_MODE": "BF16"}
+
+
 def compare_train_settings(settings=COMPARED_SETTINGS, **train_flags):
     """The training step with this machine's defaults (precision and XLA as `run_config.resolve`
     picks them), then with each (precision, xla) of `settings`, in one process, one after the
-    other. Returns the `train_benchmark` summaries, the default first, each with "setting" (a
-    label) and "ratio" (its median images/s over the default's)."""
+    other; on a CPU with avx512_bf16 or amx_bf16, also float32 without XLA in two child processes,
+    without and with FPMATH_BF16 (a fresh process can run faster than a setting timed after four
+    others in one process, so the variable is compared with a child of its own). Returns the `train_benchmark` summaries, the default first, each with
+    "setting" (a label) and "ratio" (its median images/s over the default's)."""
     default = train_benchmark(**train_flags)
     default["setting"] = "default"
     results = [default]
@@ -339,9 +350,30 @@ def compare_train_settings(settings=COMPARED_SETTINGS, **train_flags):
         result = train_benchmark(**{**train_flags, "precision": precision, "xla": xla})
         result["setting"] = f"{precision}, XLA {'on' if xla else 'off'}"
         results.append(result)
+    bf16_cpu = {"avx512_bf16", "amx_bf16"} & distribute.cpu_features()
+    if distribute.device_kind() == "cpu" and bf16_cpu and not distribute.onednn_settings():
+        for environment, setting in (({}, "float32, XLA off, new process"), (FPMATH_BF16, "the same, oneDNN bf16 math")):
+            result = train_benchmark_in_child(environment, **{**train_flags, "precision": "float32", "xla": False})
+            result["setting"] = setting
+            results.append(result)
     for result in results:
         result["ratio"] = result["images_per_sec"] / default["images_per_sec"]
     return results
+
+
+def train_benchmark_in_child(environment, **train_flags):
+    """`train_benchmark(**train_flags)` in a fresh Python whose environment adds `environment`
+    (settings that TensorFlow reads once per process); the summary gets "environment", the
+    variables' values as the child read them."""
+    code = ("import json, os, sys\nfrom keras_alexnet import benchmarks\n"
+            "summary = benchmarks.train_benchmark(**json.loads(sys.argv[1]))\n"
+            "print(json.dumps({**summary, 'environment': {k: os.environ.get(k) for k in json.loads(sys.argv[2])}}))")
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(train_flags), json.dumps(list(environment))],
+                          capture_output=True, text=True, env={**os.environ, **environment, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if done.returncode:
+        raise RuntimeError(f"the benchmark with {environment} failed in its own process: "
+                           f"{first_line(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f'exit code {done.returncode}')}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _figures(images_per_sec, flops_per_image, matmul_flops_per_sec, batch_size, **extra):

@@ -210,7 +210,7 @@ def print_comparison(results):
           f"the default here is {default['precision']}, XLA {'on' if default['xla'] else 'off'}:")
     for result in results:
         rates = [run["images_per_sec"] for run in result["runs"]]
-        print(f"  {result['setting']:<24} {result['images_per_sec']:7.2f} [{min(rates):.2f}-{max(rates):.2f}] images/s  "
+        print(f"  {result['setting']:<34} {result['images_per_sec']:7.2f} [{min(rates):.2f}-{max(rates):.2f}] images/s  "
               f"x{result['ratio']:.2f} the default  ceiling fraction {result['ceiling_fraction']:.3f} "
               f"(matmul {result['matmul_gflops_per_sec']:.0f} GFLOP/s in {result['precision']})")
     return 0

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import keras_alexnet
-from keras_alexnet import benchmarks
+from keras_alexnet import benchmarks, distribute
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--num_images=8", "--width=96", "--height=72", "--image_size=67", "--batch_size=4",
@@ -204,9 +204,22 @@ def test_script_compare_times_the_default_and_each_setting():
     result = _script("compare", "--image_size=67", "--batch_size=2", "--num_batches=1", "--runs=1", "--matmul_size=128")
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    rows = [line[2:26].strip() for line in lines if line.startswith("  ")]
-    assert rows == ["default", "float32, XLA on", "float32, XLA off", "mixed_bfloat16, XLA on", "mixed_bfloat16, XLA off"]
+    rows = [line[2:36].strip() for line in lines if line.startswith("  ")]
+    # On a CPU with bfloat16 instructions, oneDNN's bfloat16 math for float32 too, in its own process.
+    bf16_cpu = {"avx512_bf16", "amx_bf16"} & distribute.cpu_features()
+    assert rows == ["default", "float32, XLA on", "float32, XLA off", "mixed_bfloat16, XLA on", "mixed_bfloat16, XLA off"] + (
+        ["float32, XLA off, new process", "the same, oneDNN bf16 math"] if bf16_cpu else [])
     assert "x1.00 the default" in lines[2] and "the default here is float32, XLA on" in lines[1]
+
+
+def test_a_setting_read_once_per_process_is_timed_in_a_child_that_has_it():
+    result = benchmarks.train_benchmark_in_child(benchmarks.FPMATH_BF16, image_size=67, batch_size=2, num_batches=1,
+                                                 runs=1, matmul_size=64, precision="float32", xla=False)
+    assert result["environment"] == {"TF_SET_ONEDNN_FPMATH_MODE": "BF16"} and "TF_SET_ONEDNN_FPMATH_MODE" not in os.environ
+    assert result["precision"] == "float32" and not result["xla"] and result["images_per_sec"] > 0
+    with pytest.raises(RuntimeError, match=r"^the benchmark with \{'TF_SET_ONEDNN_FPMATH_MODE': 'BF16'\} failed in its own "
+                                           r"process: .*image_size"):
+        benchmarks.train_benchmark_in_child(benchmarks.FPMATH_BF16, image_size=3, batch_size=2, runs=1)
 
 
 @pytest.mark.parametrize("args, message", [
