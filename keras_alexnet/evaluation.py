@@ -275,3 +275,10 @@ def weakest_classes(matrix, class_names, count=5):
         rows.append({"class": class_names[label], "examples": examples, "top1_accuracy": float(row[label]) / examples,
                      "most_taken_for": class_names[other] if wrong[other] else None, "times": int(wrong[other])})
     return sorted(rows, key=lambda r: (r["top1_accuracy"], -r["examples"]))[:count]
+
+
+def describe_weakest(weakest, shown=3):
+    """'grace_hopper 0.740 (13 of 50 taken for motorcycle); ...': `weakest_classes`, as one line says it."""
+    return "; ".join(f"{w['class']} {w['top1_accuracy']:.3f}"
+                     + (f" ({w['times']} of {w['examples']} taken for {w['most_taken_for']})" if w["times"] else "")
+                     for w in weakest[:shown])

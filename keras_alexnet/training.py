@@ -308,6 +308,7 @@ class _Run:
             _dataset_fn(config, "train", True, config.seed + self.start_step, image_dtype)))
         self.eval_fn = _dataset_fn(config, "validation", False, config.seed)
         self.evaluator = evaluation.Evaluator(evaluation.model_probabilities(self.trainer.model), strategy)
+        self.label_predictions = None  # none evaluated yet (a finished run rerun evaluates nothing)
         self.say_header()
         self.chance = ChanceWatch(info.num_classes, config, self.say)
         data.BAD_IMAGES.reset()  # this run's skips, said at each epoch's end (say_skipped_images)
@@ -412,6 +413,7 @@ class _Run:
 
     def evaluate(self):
         metrics = self.evaluator(self.eval_fn)
+        self.label_predictions = metrics["label_predictions"]  # the last evaluation's, for `finish`
         return {"loss": metrics["loss"], "top1": metrics["top1_accuracy"], "top5": metrics["top5_accuracy"],
                 "examples": metrics["num_examples"], "majority_share": metrics["majority_share"]}
 
@@ -512,6 +514,10 @@ class _Run:
         result["chance_ceiling"] = self.chance.ceiling(result["val_examples"], result["val_majority_share"])
         if not result["learned"]:
             self.chance.at_end(config.epochs)
+        elif self.chief and self.label_predictions:
+            matrix = evaluation.confusion_matrix(self.label_predictions, info.num_classes)
+            self.say("weakest held-out classes: "
+                     + evaluation.describe_weakest(evaluation.weakest_classes(matrix, list(info.class_names))))
         if self.chief and config.export_dir and not (result["learned"] or config.export_at_chance):
             self.say(f"nothing exported: held-out top-1 {result['val_top1']:.3f} is within noise of chance, and a model that "
                      "learned nothing must not replace a served one (--export_at_chance exports anyway)")

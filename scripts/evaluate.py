@@ -129,9 +129,7 @@ def _per_class(result, class_names, num_classes, figure_path):
     names = list(class_names) if class_names and len(class_names) == num_classes else [str(i) for i in range(num_classes)]
     matrix = evaluation.confusion_matrix(result.pop("label_predictions"), num_classes)
     weakest = evaluation.weakest_classes(matrix, names)
-    print("weakest classes: " + "; ".join(
-        f"{w['class']} {w['top1_accuracy']:.3f}" + (f" ({w['times']} of {w['examples']} taken for {w['most_taken_for']})"
-                                                    if w["times"] else "") for w in weakest[:3]), file=sys.stderr)
+    print(f"weakest classes: {evaluation.describe_weakest(weakest)}", file=sys.stderr)
     if figure_path:
         figures.plot_confusion(matrix, names, figure_path, title=f"{FLAGS.split} split, {counted(result['crops'], 'view')}: "
                                f"top-1 {result['top1_accuracy']:.3f}")

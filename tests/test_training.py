@@ -981,7 +981,7 @@ LEARNING_PHOTOS = {
 LEARNING_TARGET = 0.5  # held-out top-1; chance is 0.2. Measured 0.78 and 0.73 (seeds 0, 1; docs/recipes.md)
 
 
-def test_training_learns_real_photographs(tmp_path):
+def test_training_learns_real_photographs(tmp_path, capsys):
     # The engine's defaults (the small-data recipe) on 250 real-photo patches for 10 short epochs: well
     # above chance, or something in the loop (gradients, learning rate, labels, input) is broken.
     # test_a_run_that_does_not_learn... runs the same loop with a learning rate of 1e-9 and stays at chance.
@@ -994,3 +994,8 @@ def test_training_learns_real_photographs(tmp_path):
     assert result["val_examples"] == 100
     assert json.loads((tmp_path / "run" / "config.json").read_text())["recipe"] == "small_data"
     assert result["val_top1"] >= LEARNING_TARGET and result["learned"], result["val_top1"]
+    # The run ends by naming its weakest held-out classes (20 patches each), no better than the whole.
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("weakest held-out classes: ")]
+    weakest = re.match(r"weakest held-out classes: (\w+) (\d\.\d{3})", line)
+    assert weakest.group(1) in LEARNING_PHOTOS and float(weakest.group(2)) <= result["val_top1"], line
+    assert abs(float(weakest.group(2)) * 20 - round(float(weakest.group(2)) * 20)) < 1e-6, line  # a count of 20
