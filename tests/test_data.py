@@ -417,7 +417,7 @@ def test_tfds_mock_imagenet():
         assert total == 12
 
 
-def test_tfds_not_prepared_is_a_one_line_error(tmp_path):
+def test_tfds_not_prepared_is_a_one_line_error(tmp_path, caplog):
     with pytest.raises(UsageError, match=r"not prepared.*tfds build mnist") as error:
         data.make_dataset("tfds:mnist", "train", image_size=67, batch_size=4, training=True, data_dir=str(tmp_path))
     assert "\n" not in str(error.value)
@@ -427,6 +427,9 @@ def test_tfds_not_prepared_is_a_one_line_error(tmp_path):
         data.dataset_info("tfds:imagenet2012", data_dir=str(tmp_path))
     with pytest.raises(UsageError, match="unknown TFDS dataset"):
         data.dataset_info("tfds:no_such_dataset_xyz", data_dir=str(tmp_path))
+    # Before the error, TFDS's "Variant folder .../mnist/3.0.1 has no dataset_info.json" (a folder
+    # that does not exist) came out as a warning line.
+    assert not [r for r in caplog.records if "dataset_info.json" in r.getMessage()], caplog.text
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -2,6 +2,9 @@
 `data_dir`; if it is not prepared and `manual_dir` is given, it is built from the files there
 (ImageNet: ILSVRC2012_img_train.tar and _val.tar)."""
 
+import contextlib
+import logging
+
 import tensorflow as tf
 
 from keras_alexnet.errors import UsageError, first_line
@@ -72,14 +75,31 @@ class TFDS:
 def _builder(name, data_dir, manual_dir):
     import tensorflow_datasets as tfds
 
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as error:  # DatasetNotFoundError and friends
-        raise UsageError(f"unknown TFDS dataset {name!r}: {first_line(error)}") from None
-    if not builder.is_prepared() and manual_dir:
+    with _without_absl_warning("has no dataset_info.json"):
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except Exception as error:  # DatasetNotFoundError and friends
+            raise UsageError(f"unknown TFDS dataset {name!r}: {first_line(error)}") from None
+        prepared = builder.is_prepared()
+    if not prepared and manual_dir:
         # Builds offline from the files in manual_dir (ImageNet: the two ILSVRC2012 tars).
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
     return builder
+
+
+@contextlib.contextmanager
+def _without_absl_warning(fragment):
+    """absl's log records that contain `fragment` dropped inside the block. tfds.builder warns
+    "Variant folder .../cifar10/3.0.2 has no dataset_info.json" for a dataset not prepared, a
+    folder that need not exist; `_not_prepared` then says what to do, in one line."""
+    drop = logging.Filter()
+    drop.filter = lambda record: fragment not in record.getMessage()
+    logger = logging.getLogger("absl")
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def _not_prepared(builder):
