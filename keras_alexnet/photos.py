@@ -9,7 +9,7 @@ checkerboard: training patches come from the "white" tiles and held-out patches 
 "black" ones, so no held-out pixel was ever seen in training.
 
     python scripts/make_photo_sets.py --out /tmp/photo_sets       # every set in PHOTO_SETS
-    python scripts/train.py --dataset folder:/tmp/photo_sets/colour6 --image_size 67 \
+    python scripts/train.py --dataset folder:/tmp/photo_sets/colour6 --image_size 67 \\
         --epochs 15 --batch_size 32
 
 docs/recipes.md has the runs measured on them.

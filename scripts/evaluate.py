@@ -2,7 +2,7 @@
 
     python scripts/evaluate.py --model_dir runs/alexnet                  # its dataset, validation split
     python scripts/evaluate.py --model_dir runs/alexnet --crops 10       # the paper's ten-crop test
-    python scripts/evaluate.py --saved_model saved_models/alexnet/1 --dataset tfds:imagenet2012 \
+    python scripts/evaluate.py --saved_model saved_models/alexnet/1 --dataset tfds:imagenet2012 \\
         --data_dir ~/tensorflow_datasets --batch_size 256 --strategy mirrored
 
 Prints one JSON object (num_examples, top1_error, top5_error, top1_accuracy, top5_accuracy, loss,

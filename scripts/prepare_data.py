@@ -7,8 +7,8 @@ An image folder (DIR/<class>/*, about a fifth of each class held out; or DIR/tra
 ImageNet as distributed (ILSVRC2012_img_train.tar extracted into its per-synset tars, the flat
 validation folder and a ground-truth file of synsets):
 
-    python scripts/prepare_data.py --train_dir ilsvrc/train --val_dir ilsvrc/val \
-        --val_labels imagenet_2012_validation_synset_labels.txt --synset_names LOC_synset_mapping.txt \
+    python scripts/prepare_data.py --train_dir ilsvrc/train --val_dir ilsvrc/val \\
+        --val_labels imagenet_2012_validation_synset_labels.txt --synset_names LOC_synset_mapping.txt \\
         --output_dir gs://bucket/imagenet
 
 Prints the --dataset string for scripts/train.py. Rerun the same command after a crash or

@@ -1,7 +1,7 @@
 """Train AlexNet (the paper's §5 recipe) under any tf.distribute strategy, then export it.
 
     python scripts/train.py                                   # demo: the built-in shapes data
-    python scripts/train.py --dataset tfds:imagenet2012 --data_dir ~/tensorflow_datasets \
+    python scripts/train.py --dataset tfds:imagenet2012 --data_dir ~/tensorflow_datasets \\
         --image_size 227 --batch_size 128 --epochs 90 --model_dir runs/imagenet
 
     python scripts/train.py --dataset folder:photos --weights bvlc_alexnet.caffemodel   # fine-tune
