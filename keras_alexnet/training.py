@@ -516,7 +516,9 @@ class _Run:
             self.chance.at_end(config.epochs)
         elif self.chief and self.label_predictions:
             matrix = evaluation.confusion_matrix(self.label_predictions, info.num_classes)
-            self.say("weakest held-out classes: "
+            # Each worker pairs the labels it read: across machines, the chief's share only.
+            share = " (this worker's share)" if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy) else ""
+            self.say(f"weakest held-out classes{share}: "
                      + evaluation.describe_weakest(evaluation.weakest_classes(matrix, list(info.class_names))))
         if self.chief and config.export_dir and not (result["learned"] or config.export_at_chance):
             self.say(f"nothing exported: held-out top-1 {result['val_top1']:.3f} is within noise of chance, and a model that "
