@@ -15,6 +15,7 @@ import threading
 
 import numpy as np
 import pytest
+from PIL import Image
 import tensorflow as tf
 
 import keras_alexnet
@@ -342,6 +343,9 @@ def test_evaluate_script_matches_a_folder_of_some_classes_by_name(tmp_path):
                                                          f"(truncated, empty, not an image, or a bad label): {broken}.")
     assert warnings[1] == (f"warning: evaluated 6 of the split's 7 examples: 1 undecodable image skipped; first: {broken}: "
                            "convert or remove them (JPEG, PNG, GIF, BMP or WebP)")
+    assert "weakest classes: circle 0.000 (2 of 2 taken for star); star 1.000" in result.stderr
+    # The matrix draws the two classes that occur, not the model's ten: 2 x 2 cells, a figure 6.2 inches wide.
+    assert Image.open(printed["confusion_png"]).size[0] == round(100 * (4 + 0.35 * 2 + 1.5))
     broken.unlink()
     # A class the model does not know is one line, before anything is evaluated.
     for split in ("train", "val"):
