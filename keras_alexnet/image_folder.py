@@ -115,7 +115,7 @@ def _missing_split_message(root, split):
         return (f"{root} has train/ and {other}/ but no val/ folder: to hold out {other}/, link it as val/ "
                 f"(ln -s {other} {os.path.join(root, 'val')}), or add {root}/val/<class>/*.jpg")
     return (f"{root} has {have}/ but no {need}/ folder: add {root}/{need}/<class>/*.jpg, or move "
-            f"the class folders up into {root} to hold out {HELD_OUT_PERCENT}% of each")
+            f"the class folders up into {root} to hold out about {HELD_OUT_PERCENT}% of each")
 
 
 @functools.lru_cache(maxsize=8)

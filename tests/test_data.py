@@ -269,7 +269,7 @@ def test_a_train_folder_without_val_is_refused_before_training(tmp_path):
     with pytest.raises(UsageError) as refused:
         data.dataset_info(f"folder:{root}")
     assert str(refused.value) == (f"{root} has train/ but no val/ folder: add {root}/val/<class>/*.jpg, or move the "
-                                  f"class folders up into {root} to hold out 20% of each")
+                                  f"class folders up into {root} to hold out about 20% of each")
 
 
 def test_a_train_folder_beside_test_says_how_to_use_it(tmp_path):
