@@ -39,6 +39,7 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 HISTORY_FILE = "history.jsonl"
 CURVES_FILE = "history.png"  # history.jsonl drawn, after every epoch (training._Run.draw_curves)
+CONFUSION_FILE = "confusion.png"  # the last held-out evaluation's confusion matrix (training._Run.finish)
 LOG_DIR = "logs"
 STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's list of checkpoints
 DAMAGED_DIR = "damaged"

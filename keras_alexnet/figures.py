@@ -370,8 +370,12 @@ CONFUSION_NAMED, CONFUSION_COUNTED = 50, 20
 def plot_confusion(matrix, class_names, path, title=None):
     """The confusion matrix of an evaluation (`evaluation.confusion_matrix`: row = true class,
     column = top-1 class), each row as shares of its class's examples, so that a small class's
-    errors show as clearly as a large one's. Returns path."""
-    matrix = np.asarray(matrix, np.float64)
+    errors show as clearly as a large one's. Only the classes that occur as labels or answers are
+    drawn: new photos of 2 of an ImageNet model's classes give a small matrix, not 1000 x 1000
+    with 2 rows filled. Returns path."""
+    present = np.flatnonzero(np.asarray(matrix).sum(axis=0) + np.asarray(matrix).sum(axis=1))
+    matrix = np.asarray(matrix, np.float64)[np.ix_(present, present)]
+    class_names = [class_names[i] for i in present]
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     classes = len(class_names)
     side = min(4 + 0.35 * min(classes, CONFUSION_NAMED), 20)

@@ -313,7 +313,7 @@ class _Run:
         self.chance = ChanceWatch(info.num_classes, config, self.say)
         data.BAD_IMAGES.reset()  # this run's skips, said at each epoch's end (say_skipped_images)
         self.skipped_said = 0
-        self.curves_failed = False
+        self.drawing_failed = False
         self.stop = StopRequest(stream)
         self.stop.install()
         self.progress = Progress(config.steps_per_epoch, config.epochs, config.batch_size, stream=stream)
@@ -451,21 +451,26 @@ class _Run:
 
     def draw_curves(self, history):
         """model_dir/history.png: the run's loss, errors and rate per epoch (figures.plot_history)
-        from `history`, the records of history.jsonl, redrawn after every epoch (0.15 s here) and
-        swapped in whole. A drawing that fails says so once and never stops the run."""
-        if not self.chief or self.curves_failed:
-            return
+        from `history`, the records of history.jsonl, redrawn after every epoch (0.15 s here)."""
         from keras_alexnet import figures  # matplotlib: loaded only by a run that draws
 
-        path = os.path.join(self.config.model_dir, checkpoints.CURVES_FILE)
+        self._draw(checkpoints.CURVES_FILE, lambda path: figures.plot_history(
+            figures.epoch_records(history), path, title=f"{self.config.model_dir}: {self.config.dataset}",
+            num_classes=self.info.num_classes))
+
+    def _draw(self, file_name, plot):
+        """model_dir/file_name drawn by plot(local path) and swapped in whole (model_dir may be
+        gs://). A drawing that fails says so once and never stops the run."""
+        if not self.chief or self.drawing_failed:
+            return
+        path = os.path.join(self.config.model_dir, file_name)
         try:
-            with tempfile.TemporaryDirectory() as scratch:  # drawn locally: model_dir may be gs://
-                drawn = figures.plot_history(figures.epoch_records(history), os.path.join(scratch, "history.png"),
-                                             title=f"{self.config.model_dir}: {self.config.dataset}", num_classes=self.info.num_classes)
+            with tempfile.TemporaryDirectory() as scratch:
+                drawn = plot(os.path.join(scratch, file_name))
                 tf.io.gfile.copy(drawn, path + ".tmp", overwrite=True)
                 tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
         except (UsageError, OSError, ValueError, tf.errors.OpError) as error:
-            self.curves_failed = True
+            self.drawing_failed = True
             self.say(f"warning: could not draw {path} ({first_line(error)}); training goes on without it")
 
     def say_skipped_images(self, held_out_examples):
@@ -515,11 +520,7 @@ class _Run:
         if not result["learned"]:
             self.chance.at_end(config.epochs)
         elif self.chief and self.label_predictions:
-            matrix = evaluation.confusion_matrix(self.label_predictions, info.num_classes)
-            # Each worker pairs the labels it read: across machines, the chief's share only.
-            share = " (this worker's share)" if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy) else ""
-            self.say(f"weakest held-out classes{share}: "
-                     + evaluation.describe_weakest(evaluation.weakest_classes(matrix, list(info.class_names))))
+            self.say_weakest_classes()
         if self.chief and config.export_dir and not (result["learned"] or config.export_at_chance):
             self.say(f"nothing exported: held-out top-1 {result['val_top1']:.3f} is within noise of chance, and a model that "
                      "learned nothing must not replace a served one (--export_at_chance exports anyway)")
@@ -538,6 +539,20 @@ class _Run:
                     self.say(note)
         result["model"] = self.trainer.model
         return result
+
+    def say_weakest_classes(self):
+        """One line naming the weakest held-out classes of the last evaluation, and its confusion
+        matrix drawn to model_dir/confusion.png (figures.plot_confusion)."""
+        from keras_alexnet import figures
+
+        names = list(self.info.class_names)
+        matrix = evaluation.confusion_matrix(self.label_predictions, self.info.num_classes)
+        # Each worker pairs the labels it read: across machines, the chief's share only.
+        share = " (this worker's share)" if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy) else ""
+        self.say(f"weakest held-out classes{share}: {evaluation.describe_weakest(evaluation.weakest_classes(matrix, names))} "
+                 f"(all: {os.path.join(self.config.model_dir, checkpoints.CONFUSION_FILE)})")
+        self._draw(checkpoints.CONFUSION_FILE, lambda path: figures.plot_confusion(
+            matrix, names, path, title=f"{self.config.model_dir}: held-out, step {self.step}"))
 
     def _earlier_export(self):
         """The version this run already exported at this step into --export_dir, if it still

@@ -123,8 +123,6 @@ def _confusion_path(output):
 
 def _per_class(result, class_names, num_classes, figure_path):
     """The weakest classes (in the result and one stderr line) and the confusion matrix (PNG)."""
-    import numpy as np
-
     from keras_alexnet import evaluation, figures
     from keras_alexnet.errors import counted
 
@@ -133,12 +131,8 @@ def _per_class(result, class_names, num_classes, figure_path):
     weakest = evaluation.weakest_classes(matrix, names)
     print(f"weakest classes: {evaluation.describe_weakest(weakest)}", file=sys.stderr)
     if figure_path:
-        # The classes that occur, as labels or answers: a folder of new photos of 2 of an ImageNet
-        # model's classes gets a small matrix, not 1000 x 1000 with 2 rows filled.
-        present = np.flatnonzero(matrix.sum(axis=0) + matrix.sum(axis=1))
-        figures.plot_confusion(matrix[np.ix_(present, present)], [names[i] for i in present], figure_path,
-                               title=f"{FLAGS.split} split, {counted(result['crops'], 'view')}: "
-                                     f"top-1 {result['top1_accuracy']:.3f}")
+        figures.plot_confusion(matrix, names, figure_path, title=f"{FLAGS.split} split, "
+                               f"{counted(result['crops'], 'view')}: top-1 {result['top1_accuracy']:.3f}")
     return {"weakest_classes": weakest, "confusion_png": figure_path}
 
 

@@ -211,9 +211,13 @@ def test_plot_confusion_draws_shares_names_and_counts(tmp_path, monkeypatch):
     np.testing.assert_allclose(axis.images[0].get_array(), [[0.8, 0.2, 0], [0, 1, 0], [0.1, 0, 0.9]])
     assert [t.get_text() for t in axis.get_yticklabels()] == ["ant", "bee", "cat"]
     assert sorted(t.get_text() for t in axis.texts) == sorted(["8", "2", "1", "5", "45"])  # zero cells stay blank
+    # A class that is neither a label nor an answer (an evaluation on some of the classes) is left out.
+    figures.plot_confusion(np.pad(matrix, ((0, 1), (0, 1))), ["ant", "bee", "cat", "dog"], str(tmp_path / "c.png"))
+    assert [t.get_text() for t in drawn[1].axes[0].get_yticklabels()] == ["ant", "bee", "cat"]
+    drawn.clear()
     # Many classes: colours only, no names or counts to overlap.
     figures.plot_confusion(np.eye(60, dtype=int), [f"c{i}" for i in range(60)], str(tmp_path / "c.png"))
-    assert not drawn[1].axes[0].texts and not [t for t in drawn[1].axes[0].get_yticklabels() if t.get_text().startswith("c")]
+    assert not drawn[0].axes[0].texts and not [t for t in drawn[0].axes[0].get_yticklabels() if t.get_text().startswith("c")]
 
 
 # --- scripts ------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import types
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 import tensorflow as tf
 
 import keras_alexnet
@@ -994,8 +995,11 @@ def test_training_learns_real_photographs(tmp_path, capsys):
     assert result["val_examples"] == 100
     assert json.loads((tmp_path / "run" / "config.json").read_text())["recipe"] == "small_data"
     assert result["val_top1"] >= LEARNING_TARGET and result["learned"], result["val_top1"]
-    # The run ends by naming its weakest held-out classes (20 patches each), no better than the whole.
+    # The run ends by naming its weakest held-out classes (20 patches each), no better than the
+    # whole, and drawing the confusion matrix beside its curves.
     [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("weakest held-out classes: ")]
     weakest = re.match(r"weakest held-out classes: (\w+) (\d\.\d{3})", line)
     assert weakest.group(1) in LEARNING_PHOTOS and float(weakest.group(2)) <= result["val_top1"], line
     assert abs(float(weakest.group(2)) * 20 - round(float(weakest.group(2)) * 20)) < 1e-6, line  # a count of 20
+    assert line.endswith(f"(all: {tmp_path / 'run' / 'confusion.png'})")
+    assert Image.open(tmp_path / "run" / "confusion.png").size == (round(100 * (4 + 0.35 * 5 + 1.5)), round(100 * (4 + 0.35 * 5)))
