@@ -341,8 +341,9 @@ def compare_train_settings(settings=COMPARED_SETTINGS, **train_flags):
     picks them), then with each (precision, xla) of `settings`, in one process, one after the
     other; on a CPU with avx512_bf16 or amx_bf16, also float32 without XLA in two child processes,
     without and with FPMATH_BF16 (a fresh process can run faster than a setting timed after four
-    others in one process, so the variable is compared with a child of its own). Returns the `train_benchmark` summaries, the default first, each with
-    "setting" (a label) and "ratio" (its median images/s over the default's)."""
+    others in one process, so the variable is compared with a child of its own). Returns the
+    `train_benchmark` summaries, the default first, each with "setting" (a label) and "ratio"
+    (its median images/s over the default's)."""
     default = train_benchmark(**train_flags)
     default["setting"] = "default"
     results = [default]
@@ -371,8 +372,9 @@ def train_benchmark_in_child(environment, **train_flags):
     done = subprocess.run([sys.executable, "-c", code, json.dumps(train_flags), json.dumps(list(environment))],
                           capture_output=True, text=True, env={**os.environ, **environment, "TF_CPP_MIN_LOG_LEVEL": "2"})
     if done.returncode:
-        raise RuntimeError(f"the benchmark with {environment} failed in its own process: "
-                           f"{first_line(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f'exit code {done.returncode}')}")
+        errors = done.stderr.strip().splitlines()
+        reason = first_line(errors[-1]) if errors else f"exit code {done.returncode}"
+        raise RuntimeError(f"the benchmark with {environment} failed in its own process: {reason}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

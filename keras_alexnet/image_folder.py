@@ -84,10 +84,10 @@ def held_out_mask(relative_paths):
     stand-in is the one held-out file that an added file can move back into training: when the
     hash picks the added file.
     """
-    mask = [is_held_out(path) for path in relative_paths]
+    percents = [_hash_percent(path) for path in relative_paths]
+    mask = [percent < HELD_OUT_PERCENT for percent in percents]
     if len(relative_paths) >= 2 and not any(mask):
-        nearest = min(range(len(relative_paths)), key=lambda i: (_hash_percent(relative_paths[i]), relative_paths[i]))
-        mask[nearest] = True
+        mask[min(range(len(relative_paths)), key=lambda i: (percents[i], relative_paths[i]))] = True
     return mask
 
 
@@ -122,9 +122,11 @@ def _missing_split_message(root, split):
 def _flat_splits(root):
     """{split: (paths, labels)} of a flat folder, listed and hashed once for both splits."""
     paths, labels = _class_files(root, root)
+    by_class = collections.defaultdict(list)  # one pass: a class at a time was classes x files
+    for i, label in enumerate(labels):
+        by_class[label].append(i)
     held_out = [False] * len(paths)
-    for label in set(labels):
-        indices = [i for i, y in enumerate(labels) if y == label]
+    for indices in by_class.values():
         for i, held in zip(indices, held_out_mask([os.path.relpath(paths[i], root) for i in indices])):
             held_out[i] = held
     trained = {label for label, h in zip(labels, held_out) if not h}

@@ -92,8 +92,9 @@ def _without_absl_warning(fragment):
     """absl's log records that contain `fragment` dropped inside the block. tfds.builder warns
     "Variant folder .../cifar10/3.0.2 has no dataset_info.json" for a dataset not prepared, a
     folder that need not exist; `_not_prepared` then says what to do, in one line."""
-    drop = logging.Filter()
-    drop.filter = lambda record: fragment not in record.getMessage()
+    def drop(record):
+        return fragment not in record.getMessage()
+
     logger = logging.getLogger("absl")
     logger.addFilter(drop)
     try:
